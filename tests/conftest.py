@@ -1,0 +1,32 @@
+"""Test setup: every test sees 8 fake CPU devices, so sharding is exercised without accelerators.
+
+The flags must be set before JAX initializes its backends, hence at import time here.
+"""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+# TensorFlow (pulled in by clu writers / tfds) must not grab accelerators or spam logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402  (after the environment is set)
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# grain's multiprocessing prefetch reads absl flags; pytest never parses them.
+if not flags.FLAGS.is_parsed():
+  flags.FLAGS.mark_as_parsed()
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end tests (seconds to minutes on a 2-core CPU)")
+
+
+@pytest.fixture(scope="session")
+def devices():
+  """The 8 fake CPU devices; fails loudly if the flag did not take effect."""
+  devs = jax.devices()
+  assert len(devs) == 8, f"expected 8 fake CPU devices, got {len(devs)}: set XLA_FLAGS before importing jax"
+  return devs
