@@ -1,0 +1,108 @@
+"""The grain input pipeline: source -> augment -> shuffle -> process shard -> repeat -> batch.
+
+Order matters for three guarantees:
+- Augmentation randomness (flip, posterior noise) is seeded by the element's global index
+  (epoch * N + source index), because the random map sits directly on the source: the same
+  example in the same epoch gets the same augmentation whatever the process count.
+- The shuffle is global (same seed everywhere, reshuffled every epoch); each epoch is cut to a
+  multiple of the process count and then strided, so process shards are disjoint, equal in size
+  and cover the epoch, and all processes advance epochs in lockstep.
+- Everything is index-based (MapDataset), so the iterator state is a position: `get_state()` /
+  `set_state()` (or Orbax's grain CheckpointSave) resume with exactly the next batch.
+"""
+from typing import Any
+
+import grain
+import numpy as np
+
+from dit_jax.data import sources, transforms
+
+_NUM_SEEDS = 2  # one for the shuffle, one for the per-example random maps
+
+
+class FlipTransform(grain.transforms.RandomMap):
+  """Random horizontal flip of `x` (per example, seeded), when enabled."""
+
+  def __init__(self, flip: bool):
+    self.flip = flip
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    return dict(element, x=np.ascontiguousarray(transforms.maybe_flip(element["x"], rng, self.flip)))
+
+  def __repr__(self) -> str:
+    return f"FlipTransform(flip={self.flip})"
+
+
+def _augmentation(data_cfg: Any, source_name: str) -> grain.transforms.RandomMap:
+  """The per-example random transform for a source (flip, or posterior sampling for latents)."""
+  if source_name == sources.SOURCE_LATENTS:
+    from dit_jax.data import latents
+    return latents.SampleLatents(
+        flip=sources.field(data_cfg, "flip", True),
+        latent_scale=sources.field(data_cfg, "latent_scale", latents.DEFAULT_LATENT_SCALE))
+  return FlipTransform(sources.field(data_cfg, "flip", source_name != sources.SOURCE_DIGITS))
+
+
+def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_index: int,
+                   process_count: int) -> grain.IterDataset:
+  """Builds this process's infinite stream of batches.
+
+  Args:
+    data_cfg: `config.data` (source, name, data_dir, split, image_size, flip, num_workers,
+      latent_scale, vae).
+    global_batch_size: batch over all processes; each process yields global / process_count.
+    seed: data seed (shuffle order and augmentation).
+    process_index: this process (jax.process_index()).
+    process_count: number of processes (jax.process_count()).
+
+  Returns:
+    A grain IterDataset; `iter()` gives a checkpointable DatasetIterator of
+    `dict(x=float32 [B/P, H, W, C], y=int32 [B/P], skipped=int32 [B/P])` where `skipped` counts
+    unreadable inputs replaced by the next readable one (sum it for the batch's count).
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
+                     f"{process_count} processes; make it a multiple.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+  source_name = sources.field(data_cfg, "source", sources.SOURCE_DIGITS)
+  source = sources.make_source(data_cfg)
+  usable = len(source) - len(source) % process_count
+  if usable == 0:
+    raise ValueError(f"{source!r} has {len(source)} examples, fewer than the {process_count} "
+                     "processes; point config.data at a non-empty dataset.")
+  shuffle_seed, map_seed = np.random.SeedSequence(seed).generate_state(_NUM_SEEDS)
+  ds = grain.MapDataset.source(source)
+  ds = ds.random_map(_augmentation(data_cfg, source_name), seed=int(map_seed))
+  ds = ds.shuffle(seed=int(shuffle_seed))[:usable][process_index::process_count].repeat()
+  ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  iter_ds = ds.to_iter_dataset()
+  num_workers = sources.field(data_cfg, "num_workers", 0)
+  if num_workers > 0:
+    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter_ds
+
+
+def input_shape(data_cfg: Any) -> tuple[int, int, int]:
+  """The (H, W, C) the model sees: batch["x"]'s shape, or the VAE latent shape when
+  `data.vae` is set for on-the-fly encoding of a pixel source."""
+  source_name = sources.field(data_cfg, "source", sources.SOURCE_DIGITS)
+  if source_name == sources.SOURCE_DIGITS:
+    size = sources.DIGITS_SIZE * sources.digits_upscale(data_cfg)
+    return (size, size, 1)
+  if source_name == sources.SOURCE_LATENTS:
+    from dit_jax.data import latents
+    return latents.latent_shape(data_cfg)
+  if source_name not in sources.SOURCES:
+    raise ValueError(f"unknown config.data.source={source_name!r}; choose one of {sources.SOURCES}.")
+  size = sources.field(data_cfg, "image_size", 0)
+  if size <= 0:
+    raise ValueError(f"config.data.image_size must be set for source={source_name!r} (e.g. 256).")
+  vae_dir = sources.field(data_cfg, "vae", "")
+  if vae_dir:
+    from dit_jax.models import vae
+    return vae.latent_shape(vae_dir, size)
+  if source_name == sources.SOURCE_TFDS:
+    from dit_jax.data import tfds_source
+    return (size, size, tfds_source.num_channels(data_cfg))
+  return (size, size, 3)
