@@ -1,0 +1,293 @@
+"""DiT building blocks: projections, attention, MLP, embeddings, norms, position table.
+
+Every parameter is created through ``nn.with_logical_partitioning`` with the logical axis names
+of ``dit_jax.sharding`` (the mapping to mesh axes is configuration, not model code), and every
+module takes ``dtype`` (compute) and ``param_dtype`` (storage). Numerically sensitive pieces stay
+in float32 whatever ``dtype`` is: LayerNorm statistics, timestep features and the attention
+softmax (``jax.nn.dot_product_attention`` computes its logits in at least float32). The fixed
+position table is built in float64 numpy, as the official code does.
+
+Conventions follow the official DiT release (see docs/model.md): fused qkv laid out
+(3, heads, head_dim), tanh GELU, LayerNorm eps 1e-6, timestep features [cos, sin].
+"""
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+# Logical axis names (keep identical to dit_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES).
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+KV = "kv"
+QKV = "qkv"
+MODULATION = "modulation"
+PATCH = "patch"
+CLASSES = "classes"
+FREQ = "freq"
+ACT_BATCH = "activation_batch"
+ACT_LENGTH = "activation_length"
+ACT_EMBED = "activation_embed"
+ACT_MLP = "activation_mlp"
+ACT_HEADS = "activation_heads"
+ACT_KV = "activation_kv"
+# Activation layouts constrained at block boundaries and inside attention / MLP.
+TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)
+HEAD_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)
+MLP_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_MLP)
+
+ATTENTION_IMPLS = ("xla", "cudnn")
+LAYER_NORM_EPS = 1e-6
+TIMESTEP_FEATURES = 256
+MAX_PERIOD = 10000.0
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+
+def xavier_uniform(in_axis=-2, out_axis=-1) -> Initializer:
+  """Glorot uniform over a (possibly multi-axis) kernel, as torch's xavier_uniform_ on the
+  equivalent 2-D (in, out) matrix: fans are the products of the in and out axis sizes."""
+  return nn.initializers.variance_scaling(1.0, "fan_avg", "uniform", in_axis=in_axis,
+                                          out_axis=out_axis)
+
+
+class Dense(nn.Module):
+  """Linear map contracting the last ``len(in_names)`` axes of x into ``features``.
+
+  The kernel has shape ``in_shape + features`` with logical names ``in_names + out_names``
+  and is stored in ``param_dtype``; the matmul runs in ``dtype``. Used for every projection
+  (fused qkv as (D, 3, heads, head_dim), attention output as (heads, head_dim, D), ...), so
+  each parameter carries one logical name per axis (rank-correct under ``jax.set_mesh``).
+  """
+  features: Sequence[int]
+  in_names: Sequence[str | None]
+  out_names: Sequence[str | None]
+  use_bias: bool = True
+  kernel_init: Initializer | None = None
+  bias_init: Initializer = nn.initializers.zeros_init()
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n_in, n_out = len(self.in_names), len(self.out_names)
+    features = tuple(self.features)
+    in_shape = x.shape[-n_in:]
+    in_axes = tuple(range(n_in))
+    out_axes = tuple(range(n_in, n_in + n_out))
+    kernel_init = self.kernel_init or xavier_uniform(in_axes, out_axes)
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(kernel_init, tuple(self.in_names) + tuple(self.out_names)),
+        in_shape + features, self.param_dtype)
+    x = x.astype(self.dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), in_axes)
+    y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, tuple(self.out_names)),
+                        features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis with float32 statistics; affine parameters optional.
+
+  adaLN blocks use it without affine parameters (the modulation supplies scale and shift);
+  the in-context / cross-attention blocks of the paper use the standard affine version.
+  """
+  use_affine: bool = False
+  epsilon: float = LAYER_NORM_EPS
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    if self.use_affine:
+      features = (x.shape[-1],)
+      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (EMBED,)),
+                         features, self.param_dtype)
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
+                        features, self.param_dtype)
+      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
+
+
+def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """adaLN modulation of normalized tokens x (B, T, D) by per-example shift/scale (B, D)."""
+  return x * (1 + scale[:, None, :]) + shift[:, None, :]
+
+
+def _attend(q, k, v, impl: str, dtype: Dtype) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl={impl!r} is not supported; use one of {ATTENTION_IMPLS}.")
+  q, k, v = (nn.with_logical_constraint(a.astype(dtype), HEAD_TOKENS) for a in (q, k, v))
+  out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+  return nn.with_logical_constraint(out, HEAD_TOKENS)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection (official layout (3, heads, hd)).
+
+  ``attention_impl``: "xla" (any backend) or "cudnn" (fused flash attention on NVIDIA GPUs,
+  bf16/fp16 only), both through ``jax.nn.dot_product_attention``.
+  """
+  num_heads: int
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    hd = d // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv", **kw)(x)
+    out = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.attention_impl, self.dtype)
+    return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
+
+
+class CrossAttention(nn.Module):
+  """Multi-head cross-attention: queries from x (B, T, D), keys/values from context (B, S, D).
+
+  Used by the paper's cross-attention block design with the length-2 context [t_emb, y_emb].
+  """
+  num_heads: int
+  attention_impl: str = "xla"
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    hd = d // self.num_heads
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = Dense((self.num_heads, hd), (EMBED,), (HEADS, KV), name="q", **kw)(x)
+    kv = Dense((2, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="kv", **kw)(context)
+    out = _attend(q, kv[:, :, 0], kv[:, :, 1], self.attention_impl, self.dtype)
+    return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
+
+
+class Mlp(nn.Module):
+  """Token MLP: D -> mlp_ratio * D, GELU (tanh approximation), -> D."""
+  mlp_ratio: float = 4.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    d = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = Dense((int(d * self.mlp_ratio),), (EMBED,), (MLP,), name="fc1", **kw)(x)
+    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), MLP_TOKENS)
+    return Dense((d,), (MLP,), (EMBED,), name="fc2", **kw)(h)
+
+
+def timestep_features(t: jax.Array, dim: int = TIMESTEP_FEATURES) -> jax.Array:
+  """Sinusoidal timestep features [cos(t f), sin(t f)], f_i = exp(-ln(10000) i / (dim/2)).
+
+  Computed in float32 (t may be integer or fractional) as the official code does.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class TimestepEmbedder(nn.Module):
+  """Timestep -> D vector: 256 sinusoidal features, Linear, SiLU, Linear (init N(0, 0.02))."""
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, t: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=nn.initializers.normal(0.02))
+    h = Dense((self.hidden_size,), (FREQ,), (EMBED,), name="mlp_0", **kw)(timestep_features(t))
+    # A logical name may appear once per array: the D x D kernel shards its input axis only.
+    return Dense((self.hidden_size,), (EMBED,), (None,), name="mlp_2", **kw)(nn.silu(h))
+
+
+class LabelEmbedder(nn.Module):
+  """Class label -> D vector, with label dropout for classifier-free guidance.
+
+  With ``dropout_prob > 0`` the table has ``num_classes + 1`` rows; the last row is the null
+  class. In training each label is replaced by the null class with probability
+  ``dropout_prob`` using the "dropout" RNG stream.
+  """
+  num_classes: int
+  hidden_size: int
+  dropout_prob: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, labels: jax.Array, train: bool) -> jax.Array:
+    rows = self.num_classes + int(self.dropout_prob > 0)
+    table = self.param("embedding_table",
+                       nn.with_logical_partitioning(nn.initializers.normal(0.02), (CLASSES, EMBED)),
+                       (rows, self.hidden_size), self.param_dtype)
+    labels = jnp.asarray(labels, jnp.int32)
+    if train and self.dropout_prob > 0:
+      drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.dropout_prob
+      labels = jnp.where(drop, self.num_classes, labels)
+    return jnp.take(table, labels, axis=0).astype(self.dtype)
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping patches to tokens: conv with kernel = stride = p, VALID, NHWC.
+
+  Kernel in Flax Conv layout (p, p, C, D), xavier-uniform on its flattened (p*p*C, D) view as
+  the official init; tokens come out row-major: token k = row * (W/p) + col.
+  """
+  patch_size: int
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p, c = self.patch_size, x.shape[-1]
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(xavier_uniform((0, 1, 2), 3), (None, None, None, EMBED)),
+        (p, p, c, self.hidden_size), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
+                      (self.hidden_size,), self.param_dtype)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(p, p), padding="VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y + bias.astype(self.dtype)
+    b, gh, gw, d = y.shape
+    return y.reshape(b, gh * gw, d)
+
+
+def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position table (grid_size**2, embed_dim), float64, official layout.
+
+  For token (r, c): the first embed_dim/2 features encode the column c, the last the row r;
+  each half is [sin(pos w_j)] then [cos(pos w_j)], w_j = 10000^(-j / (embed_dim/4)).
+  """
+  if embed_dim % 4:
+    raise ValueError(f"hidden_size={embed_dim} must be divisible by 4 for the 2-D sin-cos table.")
+  quarter = embed_dim // 4
+  omega = 1.0 / MAX_PERIOD ** (np.arange(quarter, dtype=np.float64) / quarter)
+  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64),
+                           np.arange(grid_size, dtype=np.float64), indexing="ij")
+
+  def encode(pos):
+    out = np.outer(pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([encode(cols), encode(rows)], axis=1)
