@@ -1,0 +1,116 @@
+"""Checks the Flax SD-VAE against diffusers' PyTorch AutoencoderKL and DIT-FACTS.md.
+
+- Parity: a small random diffusers AutoencoderKL (3 down blocks) converted with
+  `vae_params_from_diffusers` gives the same posterior mean/logvar and decoding (~1e-4), with
+  both the current (to_q/...) and the old (query/key/value/proj_attn) attention key names.
+- The stabilityai SD-VAE config has 83,653,863 parameters (DIT-FACTS.md), counted abstractly.
+- Conversion errors name missing, unexpected and mis-shaped keys; the CLI round-trips a
+  safetensors file into a directory that `load_vae` / `make_encode_fn` read.
+"""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL as TorchAutoencoderKL
+from flax import linen as nn
+
+from dit_jax.models import vae, vae_weights
+
+SMALL = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64),
+             layers_per_block=1, norm_num_groups=16, down_block_types=("DownEncoderBlock2D",) * 3,
+             up_block_types=("UpDecoderBlock2D",) * 3, sample_size=32)
+
+
+@pytest.fixture(scope="module")
+def torch_vae():
+  torch.manual_seed(0)
+  model = TorchAutoencoderKL(**SMALL).eval()
+  with torch.no_grad():  # random, non-trivial norms and biases so every parameter matters
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  return model
+
+
+def _state_dict(model):
+  return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
+def _old_names(state_dict):
+  new_to_old = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+  out = {}
+  for k, v in state_dict.items():
+    for new, old in new_to_old.items():
+      k = k.replace(f".{new}.", f".{old}.")
+    out[k] = v
+  return out
+
+
+@pytest.mark.parametrize("old_names", [False, True])
+def test_parity_with_diffusers(torch_vae, old_names):
+  state = _state_dict(torch_vae)
+  if old_names:
+    state = _old_names(state)
+    assert any(".query." in k for k in state)
+  model = vae.AutoencoderKL.from_diffusers_config(dict(torch_vae.config))
+  params = vae_weights.vae_params_from_diffusers(state, model)
+  x = np.random.RandomState(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    posterior = torch_vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
+    ref_mean = posterior.mean.numpy().transpose(0, 2, 3, 1)
+    ref_logvar = posterior.logvar.numpy().transpose(0, 2, 3, 1)
+    ref_dec = torch_vae.decode(posterior.mean).sample.numpy().transpose(0, 2, 3, 1)
+  mean, logvar = model.apply({"params": params}, x, method=model.encode)
+  dec = model.apply({"params": params}, mean, method=model.decode)
+  assert mean.shape == (2, 8, 8, 4)
+  np.testing.assert_allclose(mean, ref_mean, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(logvar, ref_logvar, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(dec, ref_dec, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(model.apply({"params": params}, x), dec, atol=1e-5)
+  bf16 = vae.AutoencoderKL.from_diffusers_config(dict(torch_vae.config), dtype=jnp.bfloat16)
+  mean_bf16, _ = bf16.apply({"params": params}, x, method=bf16.encode)
+  assert mean_bf16.dtype == jnp.float32
+  np.testing.assert_allclose(mean_bf16, ref_mean, atol=0.1 * np.abs(ref_mean).max())
+
+
+def test_sd_vae_parameter_count():
+  model = vae.AutoencoderKL.from_diffusers_config(vae.SD_VAE_CONFIG)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  assert sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract))) == 83_653_863
+  kernel = abstract["params"]["encoder"]["conv_in"]["kernel"]
+  assert kernel.names == (None, None, vae.CONV_IN, vae.CONV_OUT)  # logical axis names
+
+
+def test_conversion_errors_name_keys(torch_vae):
+  model = vae.AutoencoderKL.from_diffusers_config(dict(torch_vae.config))
+  state = _state_dict(torch_vae)
+  state.pop("encoder.conv_in.bias")
+  state["decoder.bogus.weight"] = np.zeros(3)
+  state["quant_conv.weight"] = np.zeros((8, 8, 3, 3), np.float32)
+  with pytest.raises(ValueError) as err:
+    vae_weights.vae_params_from_diffusers(state, model)
+  for name in ("encoder.conv_in.bias", "decoder.bogus.weight", "quant_conv.weight"):
+    assert name in str(err.value)
+
+
+def test_cli_roundtrip_and_encode_fn(torch_vae, tmp_path):
+  from safetensors.numpy import save_file
+  save_file(_state_dict(torch_vae), str(tmp_path / "model.safetensors"))
+  (tmp_path / "config.json").write_text(json.dumps(dict(torch_vae.config)))
+  out = tmp_path / "flax_vae"
+  vae_weights.main(["--safetensors", str(tmp_path / "model.safetensors"),
+                    "--config", str(tmp_path / "config.json"), "--output", str(out)])
+  model, params = vae_weights.load_vae(str(out))
+  assert vae.latent_shape(str(out), 32) == (8, 8, 4)
+  x = np.random.RandomState(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    posterior = torch_vae.encode(torch.from_numpy(x.transpose(0, 3, 1, 2))).latent_dist
+  mean = posterior.mean.numpy().transpose(0, 2, 3, 1)
+  std = posterior.std.numpy().transpose(0, 2, 3, 1)
+  rng = jax.random.key(3)
+  latents = vae.make_encode_fn(str(out))(x, rng)
+  eps = jax.random.normal(rng, mean.shape)
+  np.testing.assert_allclose(latents, (mean + std * np.asarray(eps)) * 0.18215, atol=1e-4)
