@@ -1,0 +1,116 @@
+"""DiT on ImageNet in SD-VAE latent space: the paper's recipe (Peebles & Xie 2023, Sec. 4).
+
+AdamW lr 1e-4 constant, weight decay 0, no warmup, no clipping, global batch 256, EMA 0.9999,
+horizontal flips, learned sigma, T = 1000 linear betas, latents = VAE posterior sample x 0.18215.
+bf16 compute with float32 parameters; parameters and optimizer state sharded over `fsdp`.
+
+`arg` is a comma-separated list of `key=value` (and the bare word `smoke`):
+  variant=XL/2   one of S|B|L|XL / 2|4|8 (default XL/2)
+  res=256        image resolution, 256 or 512 (latents are res/8 on a side, 4 channels)
+  source=latents data source: latents (precomputed, fastest), tfds or imagefolder (VAE on the fly)
+  smoke          a tiny model, a few steps, for tests (combine with the others)
+
+Launch (every host of a TPU pod runs the same command; jax.distributed starts itself):
+  python -m dit_jax.train --config configs/imagenet.py:variant=XL/2,res=256 \
+      --workdir gs://BUCKET/dit-xl2-256 --config.data.data_dir=gs://BUCKET/latents256
+  # 512 px fine-tune from the 256 px run (the position table is rebuilt for the new grid):
+  python -m dit_jax.train --config configs/imagenet.py:variant=XL/2,res=512 \
+      --workdir gs://BUCKET/dit-xl2-512 --config.init_from=gs://BUCKET/dit-xl2-256
+"""
+import ml_collections
+
+from dit_jax import sharding
+
+VAE_LATENT_SCALE = 0.18215
+VAE_DOWNSAMPLE = 8
+LATENT_CHANNELS = 4
+RESOLUTIONS = (256, 512)
+SOURCES = ("latents", "tfds", "imagefolder")
+_DEFAULTS = dict(variant="XL/2", res="256", source="latents")
+
+
+def parse_arg(arg: str | None) -> dict:
+  """Parses `key=value,...,smoke` into a dict (values are strings; `smoke` -> "1")."""
+  out = dict(_DEFAULTS, smoke="")
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep and key == "smoke":
+      out["smoke"] = "1"
+    elif sep and key in _DEFAULTS:
+      out[key] = value.strip()
+    else:
+      raise ValueError(
+          f"configs/imagenet.py: cannot parse {item!r} in {arg!r}; use comma-separated "
+          f"key=value with keys {sorted(_DEFAULTS)} and optionally the word 'smoke'.")
+  return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the ImageNet config for `arg` (see the module docstring)."""
+  args = parse_arg(arg)
+  res = int(args["res"])
+  if res not in RESOLUTIONS and not args["smoke"]:
+    raise ValueError(f"configs/imagenet.py: res={res} is not one of {RESOLUTIONS}.")
+  if args["source"] not in SOURCES:
+    raise ValueError(f"configs/imagenet.py: source={args['source']!r} is not one of {SOURCES}.")
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- Model and training hyperparameters: the paper's recipe.
+  config.model = dict(
+      variant=args["variant"], input_size=res // VAE_DOWNSAMPLE, in_channels=LATENT_CHANNELS,
+      mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True,
+      block_type="adaln_zero", dtype="bfloat16", param_dtype="float32",
+      remat_policy="none", scan_blocks=False, attention_impl="xla")
+  config.num_train_steps = 400_000
+  config.global_batch_size = 256
+  config.learning_rate = 1e-4
+  config.lr_schedule = "constant"
+  config.end_learning_rate_factor = 1.0
+  config.warmup_steps = 0
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0  # 0: no clipping
+  config.ema_decay = 0.9999
+  # ---- End of the recipe block.
+
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+
+  config.diffusion = dict(
+      objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,
+      predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
+      timestep_respacing="")
+  config.data = dict(
+      source=args["source"], name="imagenet2012", data_dir="", split="train", image_size=res,
+      flip=True, num_workers=8, latent_scale=VAE_LATENT_SCALE, vae="")
+  config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5)
+
+  config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
+
+  config.checkpoint_every_steps = 10_000
+  config.keep_checkpoints = 3
+  config.keep_period = 100_000
+  config.init_from = ""
+  config.init_from_step = -1
+  config.log_every_steps = 100
+  config.sample_every_steps = 50_000
+  config.sample_grid_steps = 50
+  config.profile_steps = 5
+
+  if args["smoke"]:
+    del config.model["variant"]
+    config.model.update(input_size=8, patch_size=2, hidden_size=32, depth=2,
+                        num_heads=2, num_classes=10, dtype="float32")
+    config.data.update(image_size=8 * VAE_DOWNSAMPLE, num_workers=0)
+    config.global_batch_size = 16
+    config.num_train_steps = 4
+    config.mesh.update(data=-1, fsdp=1)
+    config.checkpoint_every_steps = 2
+    config.keep_period = 0
+    config.log_every_steps = 1
+    config.sample_every_steps = 0
+    config.profile_steps = 0
+  return config

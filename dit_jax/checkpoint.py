@@ -1,0 +1,236 @@
+"""Orbax checkpoints of a training run, and the restores built on them.
+
+Layout: `WORKDIR/checkpoints/<step>/` holds three items,
+  - `state`: StandardSave of {step, params, ema_params, opt_state} (global, sharded arrays),
+  - `config`: JsonSave of config.to_dict(),
+  - `data`: the grain iterator's state (one file per process; absent in converted checkpoints).
+Saves are asynchronous (training continues while the previous save is written); a save that was
+killed midway leaves a `*.orbax-checkpoint-tmp` directory that Orbax ignores, so the latest
+*complete* checkpoint is always the one resumed from.
+
+Restores take abstract targets (jax.ShapeDtypeStruct with a sharding), so a checkpoint written
+on one mesh or device count is read straight into the shards of another.
+"""
+import signal
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+from dit_jax import sharding
+from dit_jax import train_state as ts
+
+CHECKPOINT_SUBDIR = "checkpoints"
+STATE_ITEM = "state"
+CONFIG_ITEM = "config"
+DATA_ITEM = "data"
+PARAMS = "params"
+EMA_PARAMS = "ema_params"
+
+
+def checkpoint_dir(path: str) -> epath.Path:
+  """The Orbax directory for `path`: a workdir (-> WORKDIR/checkpoints) or that directory itself."""
+  path = epath.Path(path)
+  return path if path.name == CHECKPOINT_SUBDIR else path / CHECKPOINT_SUBDIR
+
+
+def create_manager(workdir: str, *, max_to_keep: int | None = None, keep_period: int | None = None,
+                   for_reading: bool = False) -> ocp.CheckpointManager:
+  """An async CheckpointManager on WORKDIR/checkpoints; close() it (or use `with`) when done.
+
+  Args:
+    workdir: the run's directory (or its checkpoints/ directory).
+    max_to_keep: keep this many most recent checkpoints (None: all).
+    keep_period: additionally keep every checkpoint whose step is a multiple of this.
+    for_reading: open an existing directory for partial restores (state read as a PyTree, so
+      single items such as `ema_params` can be restored without the rest).
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep or None, keep_period=keep_period or None, create=not for_reading,
+      enable_async_checkpointing=not for_reading)
+  state_handler = ocp.PyTreeCheckpointHandler() if for_reading else ocp.StandardCheckpointHandler()
+  handlers = {STATE_ITEM: state_handler, CONFIG_ITEM: ocp.JsonCheckpointHandler(),
+              DATA_ITEM: grain.checkpoint.CheckpointHandler()}
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
+
+
+def manager_for_config(workdir: str, config) -> ocp.CheckpointManager:
+  """The manager a training run uses: keep_checkpoints latest plus every keep_period-th."""
+  return create_manager(workdir, max_to_keep=config.get("keep_checkpoints"),
+                        keep_period=config.get("keep_period"))
+
+
+def save(manager: ocp.CheckpointManager, state: ts.TrainState, config,
+         data_iterator=None, *, force: bool = False) -> bool:
+  """Starts an async save of state, config and data iterator at `state.step`.
+
+  Returns whether a save was started. Every process must call it (Orbax coordinates them).
+  """
+  step = int(jax.device_get(state.step))
+  items = {STATE_ITEM: ocp.args.StandardSave(state.to_dict()),
+           CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}
+  if data_iterator is not None:
+    items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_state(manager: ocp.CheckpointManager, abstract_state: ts.TrainState,
+                  data_iterator=None, step: int | None = None) -> ts.TrainState:
+  """Restores the full state (onto the shardings in `abstract_state`) and the data iterator.
+
+  Args:
+    manager: the run's manager.
+    abstract_state: TrainState of ShapeDtypeStruct with shardings (`abstract_train_state`).
+    data_iterator: a fresh grain DatasetIterator; its position is set to the checkpoint's.
+    step: which step (default: the latest complete one).
+  """
+  step = manager.latest_step() if step is None else step
+  items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state.to_dict())}
+  if data_iterator is not None:
+    items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return ts.TrainState(**restored[STATE_ITEM])
+
+
+def _resolve_step(manager: ocp.CheckpointManager, step: int | None, path) -> int:
+  available = manager.all_steps()
+  if not available:
+    raise FileNotFoundError(f"no complete checkpoint in {path}; train first (or check the path).")
+  if step is None or step < 0:
+    return max(available)
+  if step not in available:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {path}; available: {sorted(available)}.")
+  return step
+
+
+def restore_config(path: str, step: int | None = None) -> ml_collections.ConfigDict:
+  """The config saved with a checkpoint (latest step by default)."""
+  with create_manager(path, for_reading=True) as manager:
+    step = _resolve_step(manager, step, checkpoint_dir(path))
+    restored = manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+  return ml_collections.ConfigDict(restored[CONFIG_ITEM])
+
+
+def _check_shapes(path, step, saved_tree, target_tree, what: str) -> None:
+  """Raises a ValueError naming the first leaf whose saved shape differs from the model's."""
+  saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(saved_tree)}
+  for key, target in jax.tree_util.tree_leaves_with_path(target_tree):
+    name = jax.tree_util.keystr(key)
+    if name not in saved:
+      raise ValueError(f"{what}{name} is missing in the checkpoint {path} (step {step}); "
+                       "the checkpoint was written for a different model.")
+    if tuple(saved[name].shape) != tuple(target.shape):
+      raise ValueError(
+          f"{what}{name} has shape {tuple(saved[name].shape)} in {path} (step {step}) but the "
+          f"model needs {tuple(target.shape)}; make config.model match the checkpoint's model.")
+
+
+def restore_params(path: str, abstract: Any, *, step: int | None = None,
+                   items: tuple[str, ...] = (PARAMS, EMA_PARAMS)) -> dict:
+  """Restores only `items` of a checkpoint's state (no optimizer state is read or built).
+
+  Args:
+    path: a workdir or checkpoints/ directory (e.g. a converted official model).
+    abstract: ShapeDtypeStruct tree (with shardings) of the parameters, for every item.
+    step: checkpoint step (default: the latest).
+    items: which parameter trees to read.
+
+  Returns:
+    dict item -> parameter tree placed on the target shardings.
+  """
+  ckpt_dir = checkpoint_dir(path)
+  with create_manager(path, for_reading=True) as manager:
+    step = _resolve_step(manager, step, ckpt_dir)
+    metadata = manager.item_metadata(step)[STATE_ITEM]
+    metadata = getattr(metadata, "tree", metadata)
+    for item in items:
+      _check_shapes(ckpt_dir, step, metadata[item], abstract, f"{item}")
+    target = {item: abstract for item in items}
+    restore = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    restored = manager.restore(step, args=ocp.args.Composite(**{STATE_ITEM: restore}))
+  return {item: restored[STATE_ITEM][item] for item in items}
+
+
+def restore_ema_params(workdir: str, step: int | None = None,
+                       mesh: jax.sharding.Mesh | None = None):
+  """EMA weights for sampling: reads the saved config and `ema_params` only, no optimizer.
+
+  Args:
+    workdir: a training workdir or converted checkpoint (or its checkpoints/ directory).
+    step: checkpoint step (default: the latest).
+    mesh: where to place the weights (default: all devices, parameters replicated).
+
+  Returns:
+    (config, ema_params).
+  """
+  config = restore_config(workdir, step)
+  mesh = mesh or sharding.create_mesh({"data": -1})
+  abstract = ts.abstract_params(config, mesh)
+  return config, restore_params(workdir, abstract, step=step, items=(EMA_PARAMS,))[EMA_PARAMS]
+
+
+def save_params_only(workdir: str, config, params) -> None:
+  """Writes step 0 with state = {step, params, ema_params=params} and the config (converter)."""
+  state = {"step": 0, PARAMS: params, EMA_PARAMS: params}
+  with create_manager(workdir) as manager:
+    manager.save(0, args=ocp.args.Composite(**{
+        STATE_ITEM: ocp.args.StandardSave(state),
+        CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}), force=True)
+    manager.wait_until_finished()
+
+
+def init_from(config, abstract_state: ts.TrainState, state: ts.TrainState) -> ts.TrainState:
+  """Replaces params and EMA of a fresh `state` by those of `config.init_from`'s checkpoint.
+
+  Optimizer state and step stay fresh. The position table is not a parameter (it is rebuilt from
+  `config.model.input_size`), so a 256 px checkpoint fine-tunes at 512 px with the same params.
+  """
+  loaded = restore_params(config.init_from, abstract_state.params,
+                          step=config.get("init_from_step", -1))
+  return state.replace(params=loaded[PARAMS], ema_params=loaded[EMA_PARAMS])
+
+
+class PreemptionWatcher:
+  """Tells the training loop when to save and stop because the job is being preempted.
+
+  Multi-process (TPU pods, jax.distributed): JAX's preemption service catches SIGTERM on any host
+  and `reached_preemption_sync_point(step)` turns True at the same step on every host. Single
+  process: a SIGTERM handler sets a flag checked after each step.
+  """
+
+  def __init__(self):
+    self._distributed = jax.process_count() > 1
+    self._signalled = False
+    self._previous = None
+    if not self._distributed:
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self._signalled = True
+
+  def should_stop(self, step: int) -> bool:
+    """Call after every step on every process; True means save now and exit."""
+    if self._distributed:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
+
+  def close(self) -> None:
+    """Restores the previous SIGTERM handler."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+def validate_init_from(config) -> None:
+  """Fails early (before compiling) when config.init_from names no checkpoint."""
+  if config.get("init_from"):
+    with create_manager(config.init_from, for_reading=True) as manager:
+      _resolve_step(manager, config.get("init_from_step", -1), checkpoint_dir(config.init_from))
+

@@ -1,0 +1,123 @@
+"""Validation of a training config before anything is compiled.
+
+Every error names the config field at fault and how to fix it, so a pod job fails in seconds
+with a readable message instead of minutes later inside XLA.
+"""
+import math
+from typing import Any, Mapping
+
+from dit_jax import sharding
+
+OBJECTIVES = ("gaussian", "flow")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+class ConfigError(ValueError):
+  """A config field has a value that cannot work; the message names the field and the fix."""
+
+
+def model_kwargs(model_cfg: Mapping) -> dict:
+  """The DiT constructor kwargs a model config describes, with its `variant` expanded.
+
+  Explicit keys win over the variant's, as in `dit_jax.models.dit.build_model`.
+  """
+  from dit_jax.models import dit  # local: configs can be checked before the model is imported
+  cfg = dict(model_cfg)
+  variant = cfg.pop("variant", "") or ""
+  if not variant:
+    return cfg
+  try:
+    expanded = dit.variant_kwargs(variant)
+  except (KeyError, ValueError) as e:
+    raise ConfigError(
+        f"config.model.variant={variant!r} is not a DiT variant: {e}. Use one of "
+        "S|B|L|XL followed by /2, /4 or /8, e.g. 'XL/2'.") from e
+  return {**expanded, **cfg}
+
+
+def _check_model(config) -> None:
+  kw = model_kwargs(config.model.to_dict())
+  for name in ("input_size", "patch_size", "hidden_size", "num_heads"):
+    if name not in kw:
+      raise ConfigError(f"config.model.{name} is missing; set it or set config.model.variant.")
+  size, patch = kw["input_size"], kw["patch_size"]
+  if size % patch:
+    raise ConfigError(
+        f"config.model.patch_size={patch} does not divide config.model.input_size={size}; "
+        f"choose a patch size that divides {size} (e.g. 2), or change the resolution.")
+  width, heads = kw["hidden_size"], kw["num_heads"]
+  if width % heads:
+    raise ConfigError(
+        f"config.model.num_heads={heads} does not divide config.model.hidden_size={width}; "
+        f"choose a head count that divides {width}.")
+  diffusion = config.diffusion
+  if diffusion.get("objective", "gaussian") == "gaussian" and (
+      bool(kw.get("learn_sigma", True)) != bool(diffusion.get("learn_sigma", True))):
+    raise ConfigError(
+        f"config.model.learn_sigma={kw.get('learn_sigma')} but config.diffusion.learn_sigma="
+        f"{diffusion.get('learn_sigma')}; set both to the same value.")
+
+
+def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
+  mesh_cfg = config.mesh.to_dict()
+  num_slices = math.prod(abs(mesh_cfg.get(f"dcn_{a}", 1)) for a in sharding.MESH_AXES)
+  try:
+    ici, dcn = sharding.mesh_shape(mesh_cfg, num_devices, num_slices)
+  except ValueError as e:
+    raise ConfigError(
+        f"config.mesh does not fit {num_devices} devices: {e} (config.mesh.data * fsdp * tensor "
+        f"* dcn_data * dcn_fsdp * dcn_tensor must equal {num_devices}).") from e
+  shape = dict(zip(sharding.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
+  shards = math.prod(shape[a] for a in sharding.BATCH_MESH_AXES)
+  batch = config.global_batch_size
+  if batch % shards:
+    raise ConfigError(
+        f"config.global_batch_size={batch} is not divisible by the {shards} batch-sharding "
+        f"devices (mesh data={shape['data']} x fsdp={shape['fsdp']}); use a multiple of {shards}.")
+  if batch % process_count:
+    raise ConfigError(
+        f"config.global_batch_size={batch} is not divisible by the process count "
+        f"{process_count}; use a multiple of {process_count}.")
+
+
+def _check_training(config) -> None:
+  if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
+    raise ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}.")
+  if not 0.0 <= config.ema_decay <= 1.0:
+    raise ConfigError(f"config.ema_decay={config.ema_decay} must lie in [0, 1] (0: EMA = params).")
+  if config.diffusion.get("objective", "gaussian") not in OBJECTIVES:
+    raise ConfigError(
+        f"config.diffusion.objective={config.diffusion.objective!r} is not one of {OBJECTIVES}.")
+  for name in ("num_train_steps", "checkpoint_every_steps", "log_every_steps"):
+    if config[name] <= 0:
+      raise ConfigError(f"config.{name}={config[name]} must be a positive number of steps.")
+  if config.warmup_steps < 0:
+    raise ConfigError(f"config.warmup_steps={config.warmup_steps} must be >= 0.")
+
+
+def _check_data(config) -> None:
+  from dit_jax import data  # local: the data package pulls in grain
+  kw = model_kwargs(config.model.to_dict())
+  want = (kw["input_size"], kw["input_size"], kw.get("in_channels", 4))
+  got = tuple(data.input_shape(config.data))
+  if got != want:
+    raise ConfigError(
+        f"config.data gives inputs of shape {got} but the model expects {want} "
+        "(config.model.input_size, input_size, in_channels); make config.data.image_size / "
+        "source agree with config.model.")
+
+
+def validate(config, *, num_devices: int, process_count: int = 1, check_data: bool = True) -> None:
+  """Raises ConfigError for the first problem found in `config`; returns None if it is usable.
+
+  Args:
+    config: the training ConfigDict.
+    num_devices: how many devices the mesh will span (all processes together).
+    process_count: number of JAX processes feeding the global batch.
+    check_data: also compare the data pipeline's input shape with the model's.
+  """
+  _check_training(config)
+  _check_model(config)
+  _check_mesh_and_batch(config, num_devices, process_count)
+  if check_data:
+    _check_data(config)

@@ -1,0 +1,199 @@
+"""Train state, optimizer, sharded initialization and the pure training step.
+
+Initialization is abstract-first: `jax.eval_shape` traces the init to get shapes and logical
+axis names, `dit_jax.sharding.logical_to_shardings` turns those into NamedShardings on the
+mesh, and `jax.jit(init, out_shardings=...)` materializes every array directly in its shard, so
+the full state never exists on one device.
+
+`train_step(state, batch, rng)` is pure: the per-step key is `fold_in(rng, state.step)`, so a
+run that resumes from a checkpoint (state + data iterator) continues bit-identically.
+"""
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+
+from dit_jax import config_checks
+from dit_jax import sharding
+
+DROPOUT_RNG = "dropout"  # the model's RNG stream for label dropout
+PARAMS_RNG = "params"
+STATE_FIELDS = ("step", "params", "ema_params", "opt_state")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint must hold to continue training (the data iterator aside)."""
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+  def to_dict(self) -> dict:
+    """The checkpointed form: a plain dict with the fields of STATE_FIELDS."""
+    return {name: getattr(self, name) for name in STATE_FIELDS}
+
+
+def build_model(config) -> nn.Module:
+  """The DiT a config describes (variant expanded; dtypes may be strings)."""
+  from dit_jax.models import dit  # local: keeps configs importable without the model
+  return dit.build_model(config_checks.model_kwargs(config.model.to_dict()))
+
+
+def model_input_shape(config) -> tuple[int, int, int]:
+  """(H, W, C) of the model's input, from the model config."""
+  kw = config_checks.model_kwargs(config.model.to_dict())
+  return kw["input_size"], kw["input_size"], kw.get("in_channels", 4)
+
+
+def dummy_inputs(config, batch_size: int = 1):
+  """Zero (x, t, y) of the right shapes and dtypes for tracing the model."""
+  x = jnp.zeros((batch_size, *model_input_shape(config)), jnp.float32)
+  return x, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Linear warmup from 0 over `warmup_steps`, then constant, cosine or linear decay."""
+  base = config.learning_rate
+  warmup = config.warmup_steps
+  decay_steps = max(config.num_train_steps - warmup, 1)
+  end = base * config.get("end_learning_rate_factor", 1.0)
+  kind = config.get("lr_schedule", "constant")
+  if kind == "cosine":
+    main = optax.cosine_decay_schedule(base, decay_steps, alpha=end / base if base else 0.0)
+  elif kind == "linear":
+    main = optax.linear_schedule(base, end, decay_steps)
+  else:
+    main = optax.constant_schedule(base)
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW on `learning_rate_schedule`, after global-norm clipping if grad_clip_norm > 0."""
+  adamw = optax.adamw(
+      learning_rate_schedule(config), b1=config.get("adam_b1", 0.9),
+      b2=config.get("adam_b2", 0.999), eps=1e-8, weight_decay=config.weight_decay)
+  if config.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+  return adamw
+
+
+def _create_state(config, rng) -> TrainState:
+  """A fresh state with logically boxed leaves (unbox before returning from jit)."""
+  model = build_model(config)
+  params = model.init({PARAMS_RNG: rng}, *dummy_inputs(config))["params"]
+  # The EMA starts as an exact copy of the initial weights, as in the reference.
+  ema_params = jax.tree.map(jnp.copy, params)
+  opt_state = make_optimizer(config).init(params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=opt_state)
+
+
+def _rules(config):
+  return sharding.rules_from_config(config.get("logical_axis_rules"))
+
+
+def abstract_train_state(config, mesh: jax.sharding.Mesh):
+  """Shapes, dtypes and shardings of the train state; allocates nothing.
+
+  Returns:
+    (abstract_state, state_shardings): a TrainState of jax.ShapeDtypeStruct (each carrying
+    its sharding) and the matching TrainState of NamedSharding.
+  """
+  boxed = jax.eval_shape(functools.partial(_create_state, config), jax.random.key(0))
+  shardings = sharding.logical_to_shardings(boxed, mesh, _rules(config))
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed), shardings)
+  return abstract, shardings
+
+
+def abstract_params(config, mesh: jax.sharding.Mesh):
+  """ShapeDtypeStructs (with shardings) of the model parameters alone; no optimizer is built."""
+  model = build_model(config)
+  boxed = jax.eval_shape(
+      lambda r: model.init({PARAMS_RNG: r}, *dummy_inputs(config))["params"], jax.random.key(0))
+  shardings = sharding.logical_to_shardings(boxed, mesh, _rules(config))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      nn.unbox(boxed), shardings)
+
+
+def init_train_state(config, mesh: jax.sharding.Mesh, rng: jax.Array) -> TrainState:
+  """Initializes the state directly into its shards (jit with out_shardings)."""
+  _, shardings = abstract_train_state(config, mesh)
+  init = jax.jit(lambda r: nn.unbox(_create_state(config, r)), out_shardings=shardings)
+  return init(rng)
+
+
+def make_train_step(config):
+  """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
+
+  `rng` is the run's base key; the step's key is `fold_in(rng, state.step)`. `batch` is
+  `dict(x=[B, H, W, C] float, y=[B] int)` (other keys are ignored). A step whose loss or
+  gradient is non-finite leaves the state unchanged and reports `finite=False`, so non-finite
+  weights never reach a checkpoint; the caller raises.
+  """
+  from dit_jax import diffusion  # local: keeps configs importable without the diffusion package
+  model = build_model(config)
+  objective = diffusion.create_objective(config.diffusion)
+  tx = make_optimizer(config)
+  schedule = learning_rate_schedule(config)
+  decay = config.ema_decay
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    step_rng = jax.random.fold_in(rng, state.step)
+    t_rng, noise_rng, dropout_rng = jax.random.split(step_rng, 3)
+    x, y = batch["x"], batch["y"]
+    t = objective.sample_timesteps(t_rng, x.shape[0])
+    noise = jax.random.normal(noise_rng, x.shape, x.dtype)
+
+    def loss_fn(params):
+      def model_fn(x_t, t, y):
+        return model.apply({"params": params}, x_t, t, y, train=True,
+                           rngs={DROPOUT_RNG: dropout_rng})
+      terms = objective.training_losses(model_fn, x, t, model_kwargs=dict(y=y), noise=noise)
+      return jnp.mean(terms["loss"]), terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                              state.ema_params, params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                           opt_state=opt_state)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    metrics = {k: jnp.mean(v) for k, v in terms.items()}
+    metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(params),
+                   learning_rate=schedule(state.step), finite=finite)
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(config, mesh: jax.sharding.Mesh, state_shardings):
+  """The train step jitted for `mesh`: explicit in/out shardings, the state donated.
+
+  The mesh and logical axis rules are entered inside the traced function, so the result can be
+  called (or `.lower()`-ed) anywhere. Arguments: (state, batch, rng) with the batch a global
+  array sharded over (data, fsdp) and rng replicated.
+  """
+  train_step = make_train_step(config)
+  rules = _rules(config)
+
+  def step_in_mesh(state, batch, rng):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return train_step(state, batch, rng)
+
+  replicated = sharding.replicated(mesh)
+  return jax.jit(
+      step_in_mesh,
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,))
