@@ -5,6 +5,7 @@ augmentation (pixel sources: x in [-1, 1], unflipped), or the raw posterior reco
 latents source. Sources are plain picklable objects with a stable `repr` (grain prints it in
 its stats and ships the object to worker processes).
 """
+import logging
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,28 @@ class DigitsSource:
 
   def __repr__(self) -> str:
     return f"DigitsSource(upscale={self._upscale})"
+
+
+class SkippingSource:
+  """Base for sources whose examples can be unreadable: a failed read is logged and replaced by
+  the next readable example, and `skipped` in the returned dict counts the failures.
+
+  Subclasses implement `_read(index) -> dict(x, y)` and `__len__`.
+  """
+  max_consecutive_failures = 1000
+
+  def _read(self, index: int) -> dict:
+    raise NotImplementedError
+
+  def __getitem__(self, index: int) -> dict:
+    n = len(self)
+    for skipped in range(min(n, self.max_consecutive_failures)):
+      try:
+        return dict(self._read((index + skipped) % n), skipped=np.int32(skipped))
+      except Exception as e:  # pylint: disable=broad-except  # any decode error: skip, count
+        logging.warning("%r: skipping unreadable example %d: %s", self, (index + skipped) % n, e)
+    raise RuntimeError(f"{self!r}: {min(n, self.max_consecutive_failures)} consecutive examples "
+                       f"from index {index} are unreadable; check the data.")
 
 
 def digits_upscale(data_cfg: Any) -> int:
