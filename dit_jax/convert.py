@@ -1,0 +1,201 @@
+"""Official DiT weights (facebookresearch/DiT state dicts) -> Flax params of ``DiT``.
+
+  python -m dit_jax.convert --official DiT-XL-2-256x256.pt --output DIR [--image_size 256]
+
+reads a released checkpoint (torch is imported only by this command line), converts it and
+writes DIR/checkpoints/0 with the layout of dit_jax.checkpoint (state = {step, params,
+ema_params}, both the converted EMA weights, and the config of configs/imagenet.py for that
+variant and resolution), which ``python -m dit_jax.sample --workdir DIR`` restores.
+
+Layout changes (official -> Flax): Linear weights (out, in) -> kernels (in, out); the fused qkv
+(3D, D) -> (D, 3, heads, head_dim) (the official output order is (3, heads, head_dim)); the
+attention output (D, D) -> (heads, head_dim, D); the patch conv (D, C, p, p) -> (p, p, C, D);
+``pos_embed`` is checked against the fixed sin-cos table and dropped (it is a constant here).
+Scanned models (``scan_blocks=True``) get the blocks stacked along a leading depth axis.
+"""
+import argparse
+import importlib.util
+import math
+import pathlib
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import linen as nn
+
+from dit_jax.models import layers
+from dit_jax.models.dit import DiT, build_model, init_inputs
+from dit_jax.models.vae_weights import vae_params_from_diffusers  # noqa: F401  (public API)
+
+POS_EMBED = "pos_embed"
+POS_EMBED_ATOL = 1e-5
+IMAGENET_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "imagenet.py"
+# Official block submodule -> (Flax path inside a block, number of kernel input axes).
+BLOCK_LINEARS = {
+    "attn.qkv": (("attn", "qkv"), 1),
+    "attn.proj": (("attn", "proj"), 2),
+    "mlp.fc1": (("mlp", "fc1"), 1),
+    "mlp.fc2": (("mlp", "fc2"), 1),
+    "adaLN_modulation.1": (("adaLN_modulation",), 1),
+}
+TOP_LINEARS = {
+    "t_embedder.mlp.0": ("t_embedder", "mlp_0"),
+    "t_embedder.mlp.2": ("t_embedder", "mlp_2"),
+    "final_layer.linear": ("final_layer", "linear"),
+    "final_layer.adaLN_modulation.1": ("final_layer", "adaLN_modulation"),
+}
+
+
+def _official_shape(kind: str, shape: tuple, n_in: int) -> tuple:
+  if kind == "linear":
+    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+  if kind == "bias":
+    return (math.prod(shape),)
+  if kind == "conv":
+    p, _, c, d = shape
+    return (d, c, p, p)
+  return tuple(shape)
+
+
+def _to_flax(kind: str, value: np.ndarray, shape: tuple) -> np.ndarray:
+  if kind == "linear":
+    return value.T.reshape(shape)
+  if kind == "conv":
+    return value.transpose(2, 3, 1, 0)
+  return value.reshape(shape)
+
+
+def _key_map(depth: int) -> dict[str, tuple[tuple[str, ...], str, int, int | None]]:
+  """Official key -> (Flax path, kind, kernel input axes, block index or None)."""
+  out = {
+      "x_embedder.proj.weight": (("x_embedder", "kernel"), "conv", 0, None),
+      "x_embedder.proj.bias": (("x_embedder", "bias"), "bias", 0, None),
+      "y_embedder.embedding_table.weight": (("y_embedder", "embedding_table"), "table", 0, None),
+  }
+  for key, path in TOP_LINEARS.items():
+    out[f"{key}.weight"] = (path + ("kernel",), "linear", 1, None)
+    out[f"{key}.bias"] = (path + ("bias",), "bias", 0, None)
+  for i in range(depth):
+    for key, (path, n_in) in BLOCK_LINEARS.items():
+      out[f"blocks.{i}.{key}.weight"] = (path + ("kernel",), "linear", n_in, i)
+      out[f"blocks.{i}.{key}.bias"] = (path + ("bias",), "bias", 0, i)
+  return out
+
+
+def _get(tree: Mapping, path: tuple[str, ...]):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for name in path[:-1]:
+    tree = tree.setdefault(name, {})
+  tree[path[-1]] = value
+
+
+def params_from_official(state_dict: Mapping[str, Any], model: DiT) -> dict:
+  """Flax params (the tree under "params", numpy, ``model.param_dtype``) from an official DiT
+  state dict (key -> array, e.g. the EMA weights of DiT-XL-2-256x256.pt).
+
+  Raises ValueError naming every missing key, unexpected key and shape mismatch.
+  """
+  if model.block_type != "adaln_zero":
+    raise ValueError(f"Official checkpoints are adaLN-Zero models; got block_type={model.block_type!r}.")
+  abstract = nn.unbox(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), *init_inputs(model)))["params"])
+  key_map = _key_map(model.depth)
+  expected = set(key_map) | {POS_EMBED}
+  missing = sorted(expected - set(state_dict))
+  extra = sorted(set(state_dict) - expected)
+  problems = [f"missing keys {missing}"] if missing else []
+  problems += [f"unexpected keys {extra}"] if extra else []
+
+  def flax_shape(path, block):
+    if block is None:
+      return _get(abstract, path).shape
+    if model.scan_blocks:
+      return _get(abstract["blocks"], path).shape[1:]
+    return _get(abstract[f"blocks_{block}"], path).shape
+
+  converted = {}
+  for key, (path, kind, n_in, block) in key_map.items():
+    if key not in state_dict:
+      continue
+    value = np.asarray(state_dict[key], dtype=np.float32)
+    shape = tuple(flax_shape(path, block))
+    want = _official_shape(kind, shape, n_in)
+    if value.shape != want:
+      problems.append(f"{key} has shape {value.shape}, expected {want}")
+      continue
+    converted[key] = (path, block, _to_flax(kind, value, shape).astype(model.param_dtype))
+  if POS_EMBED in state_dict:
+    problems += _check_pos_embed(np.asarray(state_dict[POS_EMBED], np.float64), model)
+  if problems:
+    raise ValueError("Cannot convert the official DiT state dict for this model: "
+                     + "; ".join(problems) + ". Check the variant, image size, num_classes, "
+                     "class_dropout_prob and learn_sigma of the model against the checkpoint.")
+
+  params: dict = {}
+  blocks: dict = {}
+  for path, block, value in converted.values():
+    if block is None:
+      _set(params, path, value)
+    elif model.scan_blocks:
+      blocks.setdefault(path, [None] * model.depth)[block] = value
+    else:
+      _set(params, (f"blocks_{block}",) + path, value)
+  for path, values in blocks.items():
+    _set(params, ("blocks",) + path, np.stack(values))
+  return params
+
+
+def _check_pos_embed(pos: np.ndarray, model: DiT) -> list[str]:
+  grid = model.input_size // model.patch_size
+  table = layers.sincos_pos_embed_2d(model.hidden_size, grid)[None]
+  if pos.shape != table.shape:
+    return [f"{POS_EMBED} has shape {pos.shape}, expected {table.shape}"]
+  if not np.allclose(pos, table, atol=POS_EMBED_ATOL):
+    return [f"{POS_EMBED} differs from the fixed 2-D sin-cos table (max abs difference "
+            f"{np.abs(pos - table).max():.3g}); this model has no learned position table"]
+  return []
+
+
+def _load_config(config_path: pathlib.Path, arg: str):
+  spec = importlib.util.spec_from_file_location("dit_config", config_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def _load_official(path: str) -> dict:
+  import torch  # only the command line needs torch
+
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  if "ema" in state:  # a training checkpoint {model, ema, opt, args}: sample with the EMA
+    state = state["ema"]
+  return {k: v.float().numpy() for k, v in state.items()}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--official", required=True, help="official DiT .pt (state dict or training checkpoint)")
+  parser.add_argument("--output", required=True, help="workdir to write checkpoints/0 into")
+  parser.add_argument("--image_size", type=int, default=256, help="256 or 512")
+  parser.add_argument("--variant", default="XL/2", help="DiT variant of the checkpoint")
+  parser.add_argument("--config", default=str(IMAGENET_CONFIG),
+                      help="config file with get_config('variant=V,res=R') (configs/imagenet.py)")
+  args = parser.parse_args(argv)
+
+  config = _load_config(pathlib.Path(args.config), f"variant={args.variant},res={args.image_size}")
+  model = build_model(config.model)
+  params = params_from_official(_load_official(args.official), model)
+  from dit_jax import checkpoint  # the checkpoint layout belongs to training
+
+  checkpoint.save_params_only(args.output, config, params)
+  count = sum(v.size for v in jax.tree.leaves(params))
+  print(f"Wrote {count:,} parameters of DiT-{args.variant} ({args.image_size} px) to {args.output}")
+
+
+if __name__ == "__main__":
+  main()
