@@ -1,0 +1,292 @@
+"""Throughput benchmark: the real jitted train step (or 250-step guided sampling) on synthetic data.
+
+  python -m dit_jax.bench --config configs/imagenet.py:variant=XL/2,res=256 \
+      --batch_per_device 32 --steps 20 --json /tmp/bench.json
+  python -m dit_jax.bench --config configs/imagenet.py:variant=XL/2,res=256 \
+      --mode sample --batch_per_device 16 --steps 2
+  python -m dit_jax.bench --config configs/digits.py --batch_per_device 16 --config.mesh.data=-1
+
+Train mode times ``train_state.jit_train_step`` (sharded, donated) on one synthetic batch that
+lives on the devices, so input pipelines play no part. Compilation (lower + compile) and the
+warm-up steps are timed separately and excluded; every timed step blocks on its outputs.
+Sample mode times ``dit_jax.diffusion.sample`` with ``DiT.forward_with_cfg`` (the official
+batch convention: conditional half + null-label half), first call (compile) excluded.
+
+Reported: images/s, step time (mean, std, min, median, max), TFLOP/s per device, MFU against the
+bf16 datasheet peak of the device kind (``dit_jax.flops``; None on CPUs), peak device memory
+(``memory_stats()`` where the backend has it), compile time and versions. FLOPs follow the
+paper: forward Gflops per image = ``dit_gflops`` (multiply-accumulates); a training step is
+3 x 2 x that per image, a guided sampling step 2 (halves) x 2 x that per sampled image.
+
+Imports stay light (jax, flax, optax, ml_collections; no tfds/grain/clu/tensorflow) so this runs
+on a bare accelerator machine.
+"""
+import dataclasses
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags
+import flax
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from dit_jax import config_checks, diffusion, flops, sharding, train_state
+
+MODES = ("train", "sample")
+# Library versions printed with every result (those present in its "versions").
+VERSION_KEYS = ("jax", "jaxlib", "flax", "torch", "diffusers", "cuda", "python")
+
+
+class Timer:
+  """Wall-clock seconds since construction (perf_counter)."""
+
+  def __init__(self):
+    self._start = time.perf_counter()
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self._start
+
+
+def model_gflops(config) -> float:
+  """Forward Gflops per image in the paper's convention (multiply-accumulates)."""
+  return float(flops.dit_gflops(train_state.build_model(config)))
+
+
+def _batch_struct(config, global_batch: int, batch_sharding=None) -> dict:
+  model = train_state.build_model(config)
+  shape = (global_batch, model.input_size, model.input_size, model.in_channels)
+  return dict(x=jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding),
+              y=jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=batch_sharding))
+
+
+def abstract_step_args(config, mesh, abstract_state) -> tuple:
+  """(state, batch, rng) as ShapeDtypeStructs with shardings, for ``jitted_step.lower``."""
+  batch = _batch_struct(config, config.global_batch_size, sharding.batch_sharding(mesh))
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=sharding.replicated(mesh))
+  return abstract_state, batch, rng
+
+
+def synthetic_batch(config, mesh, global_batch: int, seed: int = 0) -> dict:
+  """A random batch created directly on the devices with the batch sharding."""
+  struct = _batch_struct(config, global_batch)
+  num_classes = train_state.build_model(config).num_classes
+
+  def make(key):
+    kx, ky = jax.random.split(key)
+    return dict(x=jax.random.normal(kx, struct["x"].shape, jnp.float32),
+                y=jax.random.randint(ky, struct["y"].shape, 0, num_classes, jnp.int32))
+
+  return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(seed))
+
+
+def summarize(times: Sequence[float]) -> dict:
+  """Mean, spread and extremes of per-step wall times (seconds)."""
+  return dict(mean=statistics.fmean(times), std=statistics.pstdev(times), min=min(times),
+              median=statistics.median(times), max=max(times), n=len(times))
+
+
+def peak_memory_bytes() -> int | None:
+  """Largest ``peak_bytes_in_use`` over local devices; None where the backend has no stats."""
+  peaks = []
+  for d in jax.local_devices():
+    try:
+      stats = d.memory_stats()
+    except Exception:  # pylint: disable=broad-except  (backends without the API raise)
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
+
+
+def versions() -> dict:
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
+              flax=flax.__version__, optax=optax.__version__, platform=dev.platform,
+              device_kind=dev.device_kind, device_count=jax.device_count(),
+              process_count=jax.process_count())
+
+
+@dataclasses.dataclass
+class Throughput:
+  images_per_s: float
+  tflops_per_s_per_device: float
+  mfu: float | None
+
+
+def throughput(images: int, step_s: float, flop_per_image: float) -> Throughput:
+  """Images/s, achieved TFLOP/s per device and MFU vs the device kind's bf16 datasheet peak."""
+  n = jax.device_count()
+  ips = images / step_s
+  achieved = flop_per_image * ips / n
+  peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
+  return Throughput(ips, achieved / 1e12, None if not peak else achieved / peak)
+
+
+def _prepare(config, batch_per_device: int):
+  """Sets the global batch for this host's devices, validates the config, builds the mesh."""
+  config.global_batch_size = batch_per_device * jax.device_count()
+  config_checks.validate(config, num_devices=jax.device_count(),
+                         process_count=jax.process_count(), check_data=False)
+  mesh = sharding.create_mesh(config.mesh)
+  return mesh, sharding.rules_from_config(config.get("logical_axis_rules"))
+
+
+def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dict:
+  """Times ``steps`` train steps after compile and ``warmup`` steps; returns the result dict."""
+  mesh, _ = _prepare(config, batch_per_device)
+  rng = jax.random.key(config.seed)  # the step folds in state.step itself
+  _, state_shardings = train_state.abstract_train_state(config, mesh)
+  state = train_state.init_train_state(config, mesh, rng)
+  step = train_state.jit_train_step(config, mesh, state_shardings)
+  batch = synthetic_batch(config, mesh, config.global_batch_size)
+  timer = Timer()
+  compiled = step.lower(state, batch, rng).compile()
+  compile_s = timer.elapsed()
+  times = []
+  for i in range(warmup + steps):
+    timer = Timer()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(timer.elapsed())
+  gflops = model_gflops(config)
+  stats = summarize(times)
+  tp = throughput(config.global_batch_size, stats["mean"], 3 * 2 * gflops * 1e9)
+  return _result("train", config, mesh, batch_per_device, steps, warmup, compile_s, stats, tp, gflops,
+                 loss=float(metrics["loss"]))
+
+
+def run_sample(config, batch_per_device: int, repeats: int, num_steps: int = 250,
+               cfg_scale: float = 4.0, sampler: str = "ddpm") -> dict:
+  """Times guided sampling of ``batch_per_device`` images per device, ``repeats`` times.
+
+  As the official sample.py: the batch is [noise; same noise] with labels [y; null] and the
+  model is ``DiT.forward_with_cfg``, so each step runs the network on twice the images.
+  """
+  mesh, rules = _prepare(config, batch_per_device)
+  model = train_state.build_model(config)
+  n = config.global_batch_size
+  rng = jax.random.key(config.seed)
+  params = train_state.init_train_state(config, mesh, rng).ema_params
+  batch = synthetic_batch(config, mesh, n)
+  with sharding.mesh_context(mesh, rules):
+    noise = jnp.concatenate([batch["x"], batch["x"]])
+    y = jnp.concatenate([batch["y"], jnp.full((n,), model.num_classes, jnp.int32)])
+
+    def model_fn(x, t, y, params, scale):  # one object for every call: compiled once
+      return model.apply({"params": params}, x, t, y, scale, method=model.forward_with_cfg)
+
+    def once():
+      out = diffusion.sample(config.diffusion, model_fn, noise, rng, sampler=sampler,
+                             num_steps=num_steps,
+                             model_kwargs=dict(y=y, params=params, scale=jnp.float32(cfg_scale)))
+      return jax.block_until_ready(out)
+
+    timer = Timer()
+    once()
+    first_s = timer.elapsed()
+    times = []
+    for _ in range(repeats):
+      timer = Timer()
+      once()
+      times.append(timer.elapsed())
+  gflops = model_gflops(config)
+  stats = summarize(times)
+  tp = throughput(n, stats["mean"], num_steps * 2 * 2 * gflops * 1e9)
+  # The first call compiles and runs once: its excess over a steady call is the compile time.
+  return _result("sample", config, mesh, batch_per_device, repeats, 1, first_s - stats["median"],
+                 stats, tp, gflops, sampler=sampler, num_sampling_steps=num_steps,
+                 cfg_scale=cfg_scale)
+
+
+def _result(mode, config, mesh, batch_per_device, steps, warmup, compile_s, stats, tp, gflops,
+            **extra) -> dict:
+  return dict(
+      mode=mode, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      command=" ".join(["python -m dit_jax.bench"] + sys.argv[1:]),
+      model={k: str(v) for k, v in config.model.items()}, mesh=dict(mesh.shape),
+      batch_per_device=batch_per_device, global_batch_size=config.global_batch_size,
+      timed_steps=steps, warmup_steps=warmup, compile_s=compile_s, step_time_s=stats,
+      images_per_s=tp.images_per_s, images_per_s_per_device=tp.images_per_s / jax.device_count(),
+      model_gflops_per_image=gflops, tflops_per_s_per_device=tp.tflops_per_s_per_device,
+      peak_tflops_per_device=_peak_tflops(), mfu=tp.mfu, peak_memory_bytes=peak_memory_bytes(),
+      versions=versions(), **extra)
+
+
+def _peak_tflops() -> float | None:
+  peak = flops.peak_flops_per_device(jax.devices()[0].device_kind)
+  return None if not peak else peak / 1e12
+
+
+def format_result(r: dict) -> str:
+  """One human-readable block; "n/a" where the device has no datasheet peak or memory stats."""
+  st = r["step_time_s"]
+  mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+  mem = r["peak_memory_bytes"]
+  mem = "n/a" if mem is None else f"{mem / 1024**3:.2f} GiB"
+  v = r["versions"]
+  unit = "step" if r["mode"] == "train" else "sampling run"
+  return "\n".join([
+      f"{r['mode']}: {v['device_count']} x {v['device_kind']} ({v['platform']}), batch "
+      f"{r['batch_per_device']}/device = {r['global_batch_size']}, mesh {r.get('mesh', 'n/a')}",
+      f"  images/s {r['images_per_s']:.2f} ({r['images_per_s_per_device']:.2f} per device)",
+      f"  {unit} time {1e3 * st['mean']:.2f} ms mean +- {1e3 * st['std']:.2f} (min "
+      f"{1e3 * st['min']:.2f}, median {1e3 * st['median']:.2f}, max {1e3 * st['max']:.2f}; "
+      f"n={st['n']})",
+      f"  TFLOP/s per device {r['tflops_per_s_per_device']:.4g}, MFU {mfu} "
+      f"(forward {r['model_gflops_per_image']:.4g} Gflops/image)",
+      f"  compile {r['compile_s']:.2f} s, peak device memory {mem}",
+      "  " + ", ".join(f"{k} {v[k]}" for k in VERSION_KEYS if k in v),
+  ])
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a program, so other tools can import this)."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
+                                  lock_config=False)
+  flags.DEFINE_integer("batch_per_device", 8, "Images per device (global = x devices).")
+  flags.DEFINE_integer("steps", 10, "Timed train steps (train) or sampling runs (sample).")
+  flags.DEFINE_integer("warmup", 2, "Untimed train steps after compiling.")
+  flags.DEFINE_enum("mode", "train", MODES, "What to time.")
+  flags.DEFINE_integer("num_sampling_steps", 250, "Sampler steps (sample mode).")
+  flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale (sample mode).")
+  flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
+  flags.mark_flags_as_required(["config"])
+
+
+def main(argv: Any) -> None:
+  del argv
+  f = flags.FLAGS
+  if f.mode == "train":
+    result = run_train(f.config, f.batch_per_device, f.steps, f.warmup)
+  else:
+    result = run_sample(f.config, f.batch_per_device, f.steps, f.num_sampling_steps, f.cfg_scale)
+  print(format_result(result))
+  write_json(result, f.json)
+
+
+def write_json(result: dict, path: str | None) -> None:
+  if path:
+    with open(path, "w") as fp:
+      json.dump(result, fp, indent=2, default=_json_default)
+
+
+def _json_default(x):
+  if isinstance(x, (np.generic, np.ndarray)):
+    return x.tolist()
+  return str(x)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

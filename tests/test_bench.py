@@ -1,0 +1,97 @@
+"""dit_jax.bench: real train steps and guided sampling of a tiny config on the 8 fake CPU devices.
+
+Checks the result's fields against what a run must give, independently of the benchmark's own
+arithmetic: images/s = global batch / mean step time, TFLOP/s per device = 3 x 2 x Gflops x
+images/s / devices (the paper's convention, DESIGN.md), MFU None on CPU (no datasheet peak),
+versions equal to the imported libraries. Also checks that the benchmark imports and runs with
+tfds, grain, clu and tensorflow made unimportable (it must run on a bare accelerator machine).
+"""
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from dit_jax import bench
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "grain", "clu")
+SMOKE = "configs/imagenet.py:smoke"
+
+
+def smoke_config():
+  spec = importlib.util.spec_from_file_location("imagenet_config", ROOT / "configs/imagenet.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("smoke")
+
+
+# Runs the CLI's main with the heavy modules blocked (an import of any raises ImportError).
+_BLOCKED_RUN = """
+import sys
+for name in {blocked!r}:
+  sys.modules[name] = None
+from absl import flags
+from dit_jax import bench
+bench.define_flags()
+flags.FLAGS(["bench"] + {argv!r})
+bench.main([])
+print("LOADED", sorted({{m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}}))
+"""
+
+
+def test_train_cli_json_without_heavy_modules(tmp_path):
+  out = tmp_path / "bench.json"
+  steps, per_device = 2, 2
+  argv = ["--config", SMOKE, "--batch_per_device", str(per_device), "--steps", str(steps),
+          "--warmup", "1", "--json", str(out)]
+  code = _BLOCKED_RUN.format(blocked=HEAVY_MODULES, argv=argv)
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  loaded = proc.stdout.split("LOADED")[-1]
+  assert not [m for m in HEAVY_MODULES if f"'{m}'" in loaded], loaded
+  assert "images/s" in proc.stdout
+
+  r = json.loads(out.read_text())
+  n = jax.device_count()
+  assert r["mode"] == "train"
+  assert r["global_batch_size"] == per_device * n == 16
+  st = r["step_time_s"]
+  assert st["n"] == steps and 0 < st["min"] <= st["median"] <= st["max"]
+  assert r["images_per_s"] == pytest.approx(r["global_batch_size"] / st["mean"])
+  assert r["images_per_s_per_device"] == pytest.approx(r["images_per_s"] / n)
+  flop = 3 * 2 * r["model_gflops_per_image"] * 1e9 * r["images_per_s"] / n
+  assert r["tflops_per_s_per_device"] == pytest.approx(flop / 1e12)
+  assert r["model_gflops_per_image"] > 0
+  assert r["mfu"] is None and r["peak_tflops_per_device"] is None  # CPUs have no datasheet peak
+  assert r["compile_s"] > 0 and math.isfinite(r["loss"])
+  assert r["mesh"] == {"data": n, "fsdp": 1, "tensor": 1}
+  v = r["versions"]
+  assert (v["jax"], v["device_count"], v["platform"]) == (jax.__version__, n, "cpu")
+  assert "python -m dit_jax.bench" in r["command"]
+
+
+def test_sample_mode(devices):
+  r = bench.run_sample(smoke_config(), batch_per_device=1, repeats=1, num_steps=3, cfg_scale=4.0)
+  assert r["mode"] == "sample" and r["num_sampling_steps"] == 3
+  assert r["global_batch_size"] == len(devices)
+  assert r["images_per_s"] == pytest.approx(len(devices) / r["step_time_s"]["mean"])
+  # Each sampled image costs steps x 2 (conditional + null halves) x 2 FLOP/MAC x Gflops.
+  flop = 3 * 2 * 2 * r["model_gflops_per_image"] * 1e9 * r["images_per_s"] / len(devices)
+  assert r["tflops_per_s_per_device"] == pytest.approx(flop / 1e12)
+  assert r["mfu"] is None
+
+
+def test_summarize_matches_statistics():
+  times = [0.4, 0.1, 0.3, 0.2]
+  s = bench.summarize(times)
+  assert s["mean"] == pytest.approx(0.25)
+  assert s["std"] == pytest.approx(statistics.pstdev(times))
+  assert (s["min"], s["median"], s["max"], s["n"]) == (0.1, pytest.approx(0.25), 0.4, 4)
