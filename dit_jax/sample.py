@@ -1,0 +1,344 @@
+r"""Sampling from a checkpoint: EMA weights -> ADM-format npz, PNG grid, per-sample PNGs, quality.
+
+  python -m dit_jax.sample --workdir workdirs/digits --num_samples 1000 \
+      --output workdirs/digits/samples.npz --grid workdirs/digits/grid.png
+
+Only the EMA weights are restored (no optimizer is built); a directory written by
+``python -m dit_jax.convert`` (official weights) works the same way. Latent models are decoded
+with the Flax SD-VAE named by ``--vae`` (default: the config's ``data.vae``).
+
+Reproducibility: sample i's label, initial noise and per-step noise come only from
+``fold_in(key(seed), i)``; each sample runs its own sampler chain (vmapped over the batch), so the
+output does not depend on the device count, the number of hosts or the batch size. The batch is
+split over all devices of all hosts (data parallel, parameters replicated); only one batch of
+images is in memory at a time, and process 0 streams them into the npz.
+"""
+import functools
+import json
+import math
+import os
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import multihost_utils
+
+from dit_jax import checkpoint, diffusion, sharding
+from dit_jax import train_state as ts
+
+GUIDANCE_CHANNELS = {"official": diffusion.guidance.OFFICIAL_GUIDANCE_CHANNELS, "all": None}
+LATENT_SOURCE = "latents"
+DIGITS_SOURCE = "digits"
+DEFAULT_BATCH_SIZE = 256
+GRID_MAX_SAMPLES = 100
+GRID_MIN_CELL_PX = 32  # small images (8x8 digits) are enlarged so the grid is legible
+_LABEL_STREAM, _NOISE_STREAM = 0, 1
+
+
+# ---------------------------------------------------------------- labels, noise and generation
+
+def sample_labels(seed: int, num_samples: int, num_classes: int, given=None) -> np.ndarray:
+  """Labels of samples 0..N-1: ``given`` cycled, or label i drawn from fold_in(seed key, i)."""
+  if given:
+    bad = [c for c in given if not 0 <= c < num_classes]
+    if bad:
+      raise ValueError(f"labels {bad} are outside 0..{num_classes - 1} (the model's classes).")
+    return np.resize(np.asarray(given, np.int32), num_samples)
+  key = jax.random.fold_in(jax.random.key(seed), _LABEL_STREAM)
+  draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes))
+  with jax.default_device(jax.local_devices()[0]):
+    return np.asarray(jax.jit(draw)(jnp.arange(num_samples)), np.int32)
+
+
+def model_input_shape(model) -> tuple[int, int, int]:
+  return (model.input_size, model.input_size, model.in_channels)
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+  """[-1, 1] floats -> uint8 as DiT's sample_ddp.py does: clip(127.5 x + 128, 0, 255)."""
+  return jnp.clip(127.5 * images + 128.0, 0, 255).astype(jnp.uint8)
+
+
+def is_latent(config) -> bool:
+  data = config.get("data") or {}
+  return data.get("source") == LATENT_SOURCE or bool(data.get("vae"))
+
+
+def make_decoder(config, vae_dir: str | None):
+  """(decode(vae_params, x) -> images in [-1, 1], vae_params): the SD-VAE for latent models.
+
+  Pixel models get the identity (and no parameters). The VAE parameters are returned so that
+  they are passed to the jitted sampler as an argument instead of being baked into the program.
+  """
+  vae_dir = vae_dir or (config.get("data") or {}).get("vae")
+  if not is_latent(config) and not vae_dir:
+    return (lambda _, x: x), None
+  if not vae_dir:
+    raise ValueError("this is a latent model but no VAE is given: pass --vae DIR (a VAE converted "
+                     "with `python -m dit_jax.models.vae_weights`) or set config.data.vae.")
+  from dit_jax.models import vae, vae_weights  # local: pixel models need no VAE code
+  model, params = vae_weights.load_vae(vae_dir)
+  scale = (config.get("data") or {}).get("latent_scale") or model.scaling_factor
+
+  def decode(vae_params, latents):
+    return model.apply({"params": vae_params}, latents / scale, method=vae.AutoencoderKL.decode)
+  return decode, params
+
+
+def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float = 1.0,
+                     guidance: str = "official", vae_dir: str | None = None):
+  """Returns jitted ``generate(params, key, indices, labels) -> uint8 NHWC images``.
+
+  Sample ``indices[j]`` with label ``labels[j]`` starts from noise drawn from
+  ``fold_in(key, indices[j])`` and runs its own sampler chain, so the result for index i is
+  the same in any batch and on any number of devices. Functions are cached per (config,
+  settings), so periodic calls (a training hook) compile once.
+  """
+  if guidance not in GUIDANCE_CHANNELS:
+    raise ValueError(f"guidance={guidance!r}; use one of {tuple(GUIDANCE_CHANNELS)}.")
+  config_json = json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
+                           sort_keys=True, default=str)
+  return _cached_generate_fn(config_json, sampler, int(num_steps), float(cfg_scale), guidance,
+                             vae_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_generate_fn(config_json, sampler, num_steps, cfg_scale, guidance, vae_dir):
+  config = ml_collections.ConfigDict(json.loads(config_json))
+  model = ts.build_model(config)
+  shape = model_input_shape(model)
+  decode, vae_params = make_decoder(config, vae_dir)
+  diffusion_cfg = config.diffusion
+
+  def model_fn(x, t, y, params):
+    return model.apply({"params": params}, x, t, y)
+
+  def one(params, key, index, label):
+    noise_key, step_key = jax.random.split(jax.random.fold_in(key, index))
+    noise = jax.random.normal(noise_key, (1, *shape), jnp.float32)
+    out = diffusion.sample(
+        diffusion_cfg, model_fn, noise, step_key, sampler=sampler, num_steps=num_steps,
+        model_kwargs=dict(y=label[None], params=params), cfg_scale=cfg_scale,
+        null_label=model.num_classes, guidance_channels=GUIDANCE_CHANNELS[guidance])
+    return out[0]
+
+  @jax.jit
+  def generate(params, key, indices, labels, vae_params):
+    samples = jax.vmap(one, in_axes=(None, None, 0, 0))(params, key, indices, labels)
+    return to_uint8(decode(vae_params, samples))
+  return functools.partial(generate, vae_params=vae_params)
+
+
+def _global_array(values: np.ndarray, mesh) -> jax.Array:
+  """A batch-sharded global array from a host array every process holds in full."""
+  return jax.make_array_from_callback(values.shape, sharding.batch_sharding(mesh),
+                                      lambda index: values[index])
+
+
+def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sampler=None,
+                    num_steps=None, cfg_scale=None, guidance="official", batch_size=None,
+                    mesh=None, vae_dir=None, progress=False):
+  """Yields (start, uint8 images) batch by batch for samples 0..len(labels)-1, on every process.
+
+  Defaults (sampler, num_steps, cfg_scale) come from ``config.sample``. ``params`` are the EMA
+  weights, e.g. from ``checkpoint.restore_ema_params``. The last batch is padded (padding is
+  computed and dropped), so every batch compiles to the same program.
+  """
+  sample_cfg = config.get("sample") or {}
+  sampler = sampler or sample_cfg.get("sampler", "ddpm")
+  num_steps = num_steps or sample_cfg.get("num_sampling_steps", 250)
+  cfg_scale = sample_cfg.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
+  mesh = mesh or sharding.create_mesh({"data": -1})
+  shards = sharding.batch_shard_count(mesh)
+  num = len(labels)
+  if not batch_size:
+    batch_size = shards * math.ceil(min(DEFAULT_BATCH_SIZE, num) / shards)
+  if batch_size % shards:
+    raise ValueError(f"batch_size={batch_size} is not a multiple of the {shards} devices; "
+                     f"use a multiple of {shards}.")
+  generate = make_generate_fn(config, sampler=sampler, num_steps=int(num_steps),
+                              cfg_scale=float(cfg_scale), guidance=guidance, vae_dir=vae_dir)
+  key = jax.random.fold_in(jax.random.key(seed), _NOISE_STREAM)
+  starts = range(0, num, batch_size)
+  if progress:
+    from tqdm import tqdm  # local: only the CLI shows a bar
+    starts = tqdm(starts, unit="batch", disable=jax.process_index() != 0)
+  for start in starts:
+    indices = np.arange(start, start + batch_size, dtype=np.int32)
+    batch_labels = np.resize(labels[start:start + batch_size], batch_size).astype(np.int32)
+    images = generate(params, key, _global_array(indices, mesh), _global_array(batch_labels, mesh))
+    images = multihost_utils.process_allgather(images, tiled=True)
+    yield start, np.asarray(images)[:num - start]
+
+
+def generate_images(config, params, labels, **kwargs) -> np.ndarray:
+  """All samples for ``labels`` as one uint8 NHWC array (for small N: training hooks, notebooks)."""
+  labels = np.asarray(labels, np.int32)
+  return np.concatenate([images for _, images in iterate_samples(config, params, labels, **kwargs)])
+
+
+# ---------------------------------------------------------------- outputs
+
+class NpzWriter:
+  """Streams uint8 NHWC images into an npz (``arr_0`` and ``labels``), one batch at a time.
+
+  The file is what ``np.savez`` writes (uncompressed members), readable by ADM's evaluator;
+  the array header is written first with the final shape, then the raw batches.
+  """
+
+  def __init__(self, path: str, shape: tuple[int, ...], labels: np.ndarray):
+    self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
+    self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+              "fortran_order": False, "shape": tuple(shape)}
+    np.lib.format.write_array_header_2_0(self._member, header)
+    self._labels = np.asarray(labels)
+    self._remaining = math.prod(shape)
+
+  def write(self, images: np.ndarray) -> None:
+    images = np.ascontiguousarray(images, np.uint8)
+    self._remaining -= images.size
+    if self._remaining < 0:
+      raise ValueError("NpzWriter got more images than the shape it was opened with.")
+    self._member.write(images.tobytes())
+
+  def close(self) -> None:
+    self._member.close()
+    if self._remaining:
+      self._zip.close()
+      raise ValueError(f"NpzWriter closed with {self._remaining} values missing.")
+    with self._zip.open("labels.npy", "w") as f:
+      np.lib.format.write_array(f, self._labels)
+    self._zip.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if exc[0] is None:
+      self.close()
+    else:
+      self._member.close()
+      self._zip.close()
+
+
+def make_grid(images: np.ndarray, ncols: int = 10, pad: int = 2) -> np.ndarray:
+  """uint8 (N, H, W, C) -> one (rows, cols) image with ``pad`` pixels of black between cells.
+
+  Images smaller than GRID_MIN_CELL_PX are enlarged by an integer factor (nearest neighbour).
+  """
+  n, h, w, c = images.shape
+  scale = max(1, math.ceil(GRID_MIN_CELL_PX / max(h, w)))
+  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  h, w = h * scale, w * scale
+  ncols = min(ncols, n)
+  nrows = math.ceil(n / ncols)
+  grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, ncols)
+    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
+  return grid
+
+
+def save_png(image: np.ndarray, path: str) -> None:
+  from PIL import Image  # local: only outputs need pillow
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+
+
+# ---------------------------------------------------------------- command line
+
+flags.DEFINE_string("workdir", None, "Training workdir or converted checkpoint (local or gs://).")
+flags.DEFINE_integer("num_samples", 100, "How many samples.")
+flags.DEFINE_string("output", None, "npz to write (arr_0: uint8 NHWC, labels); optional.")
+flags.DEFINE_integer("seed", 0, "Sample i depends only on (seed, i).")
+flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default config.sample).")
+flags.DEFINE_integer("num_sampling_steps", None, "Sampler steps (default config.sample).")
+flags.DEFINE_enum("sampler", None, ["ddpm", "ddim", "euler", "heun", "euler_maruyama"],
+                  "Sampler (default config.sample.sampler).")
+flags.DEFINE_list("labels", None, "Classes, cycled over the samples (default: drawn at random).")
+flags.DEFINE_string("grid", None, f"PNG grid of the first {GRID_MAX_SAMPLES} samples.")
+flags.DEFINE_integer("grid_cols", 10, "Columns of the grid.")
+flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_integer("batch_size", None, "Global batch size (a multiple of the device count).")
+flags.DEFINE_enum("guidance", "official", list(GUIDANCE_CHANNELS),
+                  "CFG on the first 3 output channels as the released code ('official') or on "
+                  "all prediction channels ('all').")
+flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
+flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
+                  "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+FLAGS = flags.FLAGS
+
+
+def _wants_eval(config) -> bool:
+  if FLAGS.eval == "auto":
+    return (config.get("data") or {}).get("source") == DIGITS_SOURCE
+  return FLAGS.eval == "true"
+
+
+def run(config, params) -> dict:
+  """Samples as the flags say and writes the outputs on process 0; returns the quality dict."""
+  model = ts.build_model(config)
+  labels = sample_labels(FLAGS.seed, FLAGS.num_samples, model.num_classes,
+                         [int(c) for c in FLAGS.labels] if FLAGS.labels else None)
+  writes = jax.process_index() == 0
+  evaluate = _wants_eval(config)
+  if writes and FLAGS.png_dir:
+    os.makedirs(FLAGS.png_dir, exist_ok=True)
+  writer = None
+  grid_images, eval_images = [], []
+  batches = iterate_samples(
+      config, params, labels, seed=FLAGS.seed, sampler=FLAGS.sampler,
+      num_steps=FLAGS.num_sampling_steps, cfg_scale=FLAGS.cfg_scale, guidance=FLAGS.guidance,
+      batch_size=FLAGS.batch_size, vae_dir=FLAGS.vae, progress=True)
+  for start, images in batches:
+    if not writes:
+      continue
+    if writer is None and FLAGS.output:
+      writer = NpzWriter(FLAGS.output, (FLAGS.num_samples, *images.shape[1:]), labels)
+    if writer is not None:
+      writer.write(images)
+    grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
+    if evaluate:
+      eval_images.append(images)
+    for i, image in enumerate(images if FLAGS.png_dir else ()):
+      save_png(image, os.path.join(FLAGS.png_dir, f"{start + i:06d}.png"))
+  if not writes:
+    return {}
+  if writer is not None:
+    writer.close()
+    logging.info("wrote %d samples to %s", FLAGS.num_samples, FLAGS.output)
+  if FLAGS.grid:
+    save_png(make_grid(np.concatenate(grid_images), FLAGS.grid_cols), FLAGS.grid)
+    logging.info("wrote the grid to %s", FLAGS.grid)
+  if not evaluate:
+    return {}
+  from dit_jax import quality  # local: only digits runs need the classifier
+  scores = quality.digits_quality(np.concatenate(eval_images), labels)
+  print(json.dumps(scores, indent=1))
+  if FLAGS.output:
+    with open(os.path.splitext(FLAGS.output)[0] + "_quality.json", "w") as f:
+      json.dump(scores, f, indent=1)
+  return scores
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not (FLAGS.output or FLAGS.grid or FLAGS.png_dir or FLAGS.eval == "true"):
+    raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  config, params = checkpoint.restore_ema_params(FLAGS.workdir, FLAGS.step)
+  run(config, params)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

@@ -1,0 +1,231 @@
+"""Tests of `python -m dit_jax.sample` on small checkpoints written in the test.
+
+Checks against independent facts rather than recorded outputs: the same seed gives identical
+samples on 1 device (a subprocess) and on 8 devices with different batch sizes; the npz is what
+`np.load` reads as ADM's `arr_0` (uint8 NHWC) plus `labels`; the restore reads the EMA weights
+(not the raw ones) without building an optimizer; a tiny random state dict with the official key
+names and shapes (DIT-FACTS.md), converted by `python -m dit_jax.convert`, samples through the
+same command with a Flax SD-VAE decoding its latents.
+"""
+import importlib.util
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+from absl.testing import flagsaver
+from flax import linen as nn
+
+from dit_jax import checkpoint, convert, sample, sharding
+from dit_jax import train_state as ts
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_SAMPLES = 12
+STEPS = 8
+SEED = 3
+
+
+def load_config(name, arg):
+  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def run_module(module, *args, devices=None):
+  env = dict(os.environ)
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  return proc
+
+
+@pytest.fixture(scope="module")
+def trained_like(tmp_path_factory):
+  """A digits smoke checkpoint in the training layout (with optimizer state) whose EMA weights
+  differ from the raw weights and are far from the zero init, so samples depend on them."""
+  workdir = tmp_path_factory.mktemp("digits")
+  config = load_config("digits", "smoke")
+  mesh = sharding.create_mesh({"data": -1})
+  state = ts.init_train_state(config, mesh, jax.random.key(0))
+  leaves, treedef = jax.tree.flatten(state.params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  ema = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
+  state = state.replace(ema_params=jax.tree.unflatten(treedef, ema))
+  with checkpoint.manager_for_config(str(workdir), config) as manager:
+    checkpoint.save(manager, state, config, force=True)
+    manager.wait_until_finished()
+  return workdir, config, state
+
+
+@pytest.fixture(scope="module")
+def cli_outputs(trained_like, tmp_path_factory):
+  """The command line on ONE device, with labels given, grid and per-sample PNGs."""
+  workdir, _, _ = trained_like
+  out = tmp_path_factory.mktemp("out")
+  run_module("dit_jax.sample", "--workdir", workdir, "--num_samples", NUM_SAMPLES,
+             "--output", out / "s.npz", "--grid", out / "grid.png", "--png_dir", out / "png",
+             "--seed", SEED, "--num_sampling_steps", STEPS, "--labels", "3,1,4", "--batch_size", 5,
+             "--eval", "false", devices=1)
+  return out
+
+
+def test_same_samples_on_1_and_8_devices_and_any_batch_size(trained_like, cli_outputs, devices):
+  workdir, _, _ = trained_like
+  config, params = checkpoint.restore_ema_params(str(workdir))
+  labels = np.resize([3, 1, 4], NUM_SAMPLES)
+  mesh = sharding.create_mesh({"data": -1}, devices)
+  eight = [sample.generate_images(config, params, labels, seed=SEED, num_steps=STEPS,
+                                  batch_size=b, mesh=mesh) for b in (8, 16)]
+  one = np.load(cli_outputs / "s.npz")["arr_0"]
+  np.testing.assert_array_equal(eight[0], eight[1])
+  np.testing.assert_array_equal(eight[0], one)
+  assert one.std() > 10, "samples are constant; the test would not see a seeding bug"
+  other_seed = sample.generate_images(config, params, labels, seed=SEED + 1, num_steps=STEPS,
+                                      batch_size=8, mesh=mesh)
+  assert np.mean(other_seed != one) > 0.3
+
+
+def test_npz_grid_and_png_outputs(cli_outputs):
+  with np.load(cli_outputs / "s.npz") as npz:
+    assert sorted(npz.files) == ["arr_0", "labels"]
+    images, labels = npz["arr_0"], npz["labels"]
+  assert images.dtype == np.uint8 and images.shape == (NUM_SAMPLES, 8, 8, 1)
+  np.testing.assert_array_equal(labels, np.resize([3, 1, 4], NUM_SAMPLES))
+  from PIL import Image
+  grid = np.asarray(Image.open(cli_outputs / "grid.png"))
+  cell = 8 * math.ceil(sample.GRID_MIN_CELL_PX / 8)  # enlarged 8x8 digits
+  rows = math.ceil(NUM_SAMPLES / 10)
+  assert grid.shape == (rows * (cell + 2) + 2, 10 * (cell + 2) + 2)
+  assert grid[2:2 + cell:4, 2:2 + cell:4].tolist() == images[0, :, :, 0].tolist()
+  pngs = sorted(os.listdir(cli_outputs / "png"))
+  assert pngs == [f"{i:06d}.png" for i in range(NUM_SAMPLES)]
+  np.testing.assert_array_equal(np.asarray(Image.open(cli_outputs / "png" / pngs[5])), images[5, :, :, 0])
+
+
+def test_labels_depend_only_on_seed_and_index():
+  a = sample.sample_labels(7, 50, 10)
+  np.testing.assert_array_equal(a[:20], sample.sample_labels(7, 20, 10))
+  assert set(a.tolist()) <= set(range(10)) and len(set(a.tolist())) > 5
+  with pytest.raises(ValueError, match="outside"):
+    sample.sample_labels(0, 4, 10, [3, 10])
+
+
+def test_npz_writer_streams_batches(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+  labels = np.arange(10, dtype=np.int32)
+  with sample.NpzWriter(str(tmp_path / "a.npz"), images.shape, labels) as writer:
+    for start in range(0, 10, 4):
+      writer.write(images[start:start + 4])
+  with np.load(tmp_path / "a.npz") as npz:
+    np.testing.assert_array_equal(npz["arr_0"], images)
+    np.testing.assert_array_equal(npz["labels"], labels)
+  writer = sample.NpzWriter(str(tmp_path / "b.npz"), images.shape, labels)
+  writer.write(images[:3])
+  with pytest.raises(ValueError, match="missing"):
+    writer.close()
+
+
+def test_restore_reads_ema_without_optimizer(trained_like, monkeypatch):
+  workdir, _, state = trained_like
+
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError("sampling must not build an optimizer")
+  monkeypatch.setattr(ts, "make_optimizer", no_optimizer)
+  monkeypatch.setattr(ts, "abstract_train_state", no_optimizer)
+  config, params = checkpoint.restore_ema_params(str(workdir))
+  assert "opt_state" not in params
+  for got, ema, raw in zip(jax.tree.leaves(params), jax.tree.leaves(state.ema_params),
+                           jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(ema))
+  assert not all(np.array_equal(np.asarray(e), np.asarray(r)) for e, r in
+                 zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params)))
+  images = sample.generate_images(config, params, [0, 1], num_steps=2, batch_size=8)
+  assert images.shape == (2, 8, 8, 1)
+
+
+# ---------------------------------------------------------------- official weights
+
+
+def official_pos_embed(dim, grid):
+  """The official get_2d_sincos_pos_embed (numpy, float64): first half columns, second rows."""
+  def one_d(d, pos):
+    omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+  w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+  return np.concatenate([one_d(dim // 2, w), one_d(dim // 2, h)], axis=1)[None]
+
+
+def official_state_dict(depth, dim, channels, patch, classes, tokens, rng):
+  """Random weights under the official key names and (out, in) shapes (DIT-FACTS.md)."""
+  def w(*shape):
+    return torch.tensor(rng.normal(0, 0.05, shape), dtype=torch.float32)
+  sd = {"pos_embed": torch.tensor(official_pos_embed(dim, int(math.isqrt(tokens))), dtype=torch.float32),
+        "x_embedder.proj.weight": w(dim, channels, patch, patch), "x_embedder.proj.bias": w(dim),
+        "t_embedder.mlp.0.weight": w(dim, 256), "t_embedder.mlp.0.bias": w(dim),
+        "t_embedder.mlp.2.weight": w(dim, dim), "t_embedder.mlp.2.bias": w(dim),
+        "y_embedder.embedding_table.weight": w(classes + 1, dim),
+        "final_layer.linear.weight": w(patch * patch * 2 * channels, dim),
+        "final_layer.linear.bias": w(patch * patch * 2 * channels),
+        "final_layer.adaLN_modulation.1.weight": w(2 * dim, dim),
+        "final_layer.adaLN_modulation.1.bias": w(2 * dim)}
+  for i in range(depth):
+    for name, (out, inp) in {"attn.qkv": (3 * dim, dim), "attn.proj": (dim, dim),
+                             "mlp.fc1": (4 * dim, dim), "mlp.fc2": (dim, 4 * dim),
+                             "adaLN_modulation.1": (6 * dim, dim)}.items():
+      sd[f"blocks.{i}.{name}.weight"] = w(out, inp)
+      sd[f"blocks.{i}.{name}.bias"] = w(out)
+  return sd
+
+
+TINY_CONFIG = '''
+import importlib.util
+spec = importlib.util.spec_from_file_location("imagenet", {path!r})
+imagenet = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(imagenet)
+
+def get_config(arg):
+  return imagenet.get_config(arg + ",smoke")
+'''
+
+TINY_VAE = dict(
+    _class_name="AutoencoderKL", in_channels=3, out_channels=3, latent_channels=4,
+    block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=32,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    act_fn="silu", scaling_factor=0.18215)
+
+
+def test_converted_official_checkpoint_samples(tmp_path):
+  from dit_jax.models import vae, vae_weights
+  smoke = load_config("imagenet", "smoke").model
+  dim, depth, patch, size = smoke.hidden_size, smoke.depth, smoke.patch_size, smoke.input_size
+  sd = official_state_dict(depth, dim, 4, patch, smoke.num_classes, (size // patch) ** 2,
+                           np.random.default_rng(0))
+  torch.save(sd, tmp_path / "official.pt")
+  (tmp_path / "tiny.py").write_text(TINY_CONFIG.format(path=str(ROOT / "configs" / "imagenet.py")))
+  convert.main(["--official", str(tmp_path / "official.pt"), "--output", str(tmp_path / "run"),
+                "--config", str(tmp_path / "tiny.py")])
+  model = vae.AutoencoderKL.from_diffusers_config(TINY_VAE)
+  params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))["params"])
+  vae_weights.save_vae(str(tmp_path / "vae"), TINY_VAE, params)
+
+  # The command's main() in-process (the one-device test above runs it as a subprocess).
+  with flagsaver.flagsaver(
+      workdir=str(tmp_path / "run"), vae=str(tmp_path / "vae"), num_samples=3,
+      num_sampling_steps=2, cfg_scale=4.0, labels=["1", "7"], output=str(tmp_path / "s.npz"),
+      grid=str(tmp_path / "g.png")):
+    sample.main(["sample"])
+  with np.load(tmp_path / "s.npz") as npz:
+    assert npz["arr_0"].shape == (3, 64, 64, 3) and npz["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(npz["labels"], [1, 7, 1])
+  assert (tmp_path / "g.png").exists()
+  assert checkpoint.restore_config(str(tmp_path / "run")).model.hidden_size == dim
