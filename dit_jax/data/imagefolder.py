@@ -64,7 +64,7 @@ class ImageFolderSource(sources.SkippingSource):
   def path(self, index: int) -> str:
     return os.path.join(self.root, self._paths[index].decode())
 
-  def _read(self, index: int) -> dict:
+  def read(self, index: int) -> dict:
     arr = load_image(self.path(index), self.image_size)
     return dict(x=transforms.uint8_to_unit(arr), y=self._labels[index])
 

@@ -58,18 +58,18 @@ class SkippingSource:
   """Base for sources whose examples can be unreadable: a failed read is logged and replaced by
   the next readable example, and `skipped` in the returned dict counts the failures.
 
-  Subclasses implement `_read(index) -> dict(x, y)` and `__len__`.
+  Subclasses implement `read(index) -> dict(x, y)` (raising on bad input) and `__len__`.
   """
   max_consecutive_failures = 1000
 
-  def _read(self, index: int) -> dict:
+  def read(self, index: int) -> dict:
     raise NotImplementedError
 
   def __getitem__(self, index: int) -> dict:
     n = len(self)
     for skipped in range(min(n, self.max_consecutive_failures)):
       try:
-        return dict(self._read((index + skipped) % n), skipped=np.int32(skipped))
+        return dict(self.read((index + skipped) % n), skipped=np.int32(skipped))
       except Exception as e:  # pylint: disable=broad-except  # any decode error: skip, count
         logging.warning("%r: skipping unreadable example %d: %s", self, (index + skipped) % n, e)
     raise RuntimeError(f"{self!r}: {min(n, self.max_consecutive_failures)} consecutive examples "

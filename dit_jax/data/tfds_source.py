@@ -54,7 +54,7 @@ class TfdsSource(sources.SkippingSource):
   def __len__(self) -> int:
     return len(self._source)
 
-  def _read(self, index: int) -> dict:
+  def read(self, index: int) -> dict:
     example = self._source[index]
     image = np.asarray(example[IMAGE_KEY])
     pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)

@@ -1,0 +1,124 @@
+"""The SD-VAE latent cache: on-disk format, the `latents` source and posterior sampling.
+
+A cache directory (written by `python -m dit_jax.data.precompute_latents`) holds `meta.json`
+and ArrayRecord shards `latents-SSSSS-of-NNNNN.array_record`, each finished one with a
+`.json` marker beside it. A record is 4 bytes of int32 label followed by an array of shape
+(2, 2, h, w, c) = (image / its horizontal flip, posterior mean / logvar, latent HWC) in the
+cache dtype. Training samples `mean + exp(logvar / 2) * eps` of a randomly chosen flip and
+multiplies by `latent_scale` (0.18215), so both the flip augmentation and the posterior noise
+of DiT's recipe survive caching (fast-DiT's cache keeps neither).
+"""
+import json
+import os
+from typing import Any
+
+import grain
+import numpy as np
+
+from dit_jax.data import sources
+
+META_FILE = "meta.json"
+SHARD_PATTERN = "latents-{:05d}-of-{:05d}.array_record"
+DONE_SUFFIX = ".json"
+DEFAULT_LATENT_SCALE = 0.18215
+SD_VAE_FACTOR = 8
+SD_VAE_CHANNELS = 4
+_LABEL_BYTES = 4
+
+
+def shard_path(cache_dir: str, shard: int, num_shards: int) -> str:
+  return os.path.join(cache_dir, SHARD_PATTERN.format(shard, num_shards))
+
+
+def encode_record(label: int, moments: np.ndarray) -> bytes:
+  """(label, moments (2, 2, h, w, c)) -> record bytes."""
+  return np.int32(label).tobytes() + np.ascontiguousarray(moments).tobytes()
+
+
+def decode_record(record: bytes, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.int32, np.ndarray]:
+  """Record bytes -> (label, moments (2, 2, h, w, c)) without copying the payload."""
+  label = np.frombuffer(record, np.int32, count=1)[0]
+  return label, np.frombuffer(record, dtype, offset=_LABEL_BYTES).reshape(shape)
+
+
+def read_meta(cache_dir: str) -> dict:
+  path = os.path.join(cache_dir, META_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no latent cache at {cache_dir} ({META_FILE} missing); build it with "
+                            "`python -m dit_jax.data.precompute_latents --output DIR ...`.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_meta(cache_dir: str, meta: dict) -> None:
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(os.path.join(cache_dir, META_FILE), "w") as f:
+    json.dump(meta, f, indent=2)
+
+
+def latent_shape(data_cfg: Any) -> tuple[int, int, int]:
+  """(h, w, c) of the cache in `data.data_dir`, or of the SD-VAE at `data.image_size` when
+  no cache exists yet (e.g. for ahead-of-time compilation)."""
+  cache_dir = sources.field(data_cfg, "data_dir", "")
+  if cache_dir and os.path.exists(os.path.join(cache_dir, META_FILE)):
+    return tuple(read_meta(cache_dir)["latent_shape"])
+  size = sources.field(data_cfg, "image_size", 0)
+  if size <= 0 or size % SD_VAE_FACTOR:
+    raise ValueError(f"source='latents': no cache at config.data.data_dir={cache_dir!r} and "
+                     f"config.data.image_size={size} is not a positive multiple of {SD_VAE_FACTOR}.")
+  return (size // SD_VAE_FACTOR, size // SD_VAE_FACTOR, SD_VAE_CHANNELS)
+
+
+class LatentsSource:
+  """Records of a finished cache: dict(moments=(2, 2, h, w, c), y=int32, skipped=0)."""
+
+  def __init__(self, cache_dir: str):
+    self.cache_dir = cache_dir
+    meta = read_meta(cache_dir)
+    self._shape = (2, 2, *meta["latent_shape"])
+    self._dtype = np.dtype(meta["dtype"])
+    num_shards = meta["num_shards"]
+    paths = [shard_path(cache_dir, s, num_shards) for s in range(num_shards)]
+    unfinished = [p for p in paths if not os.path.exists(p + DONE_SUFFIX)]
+    if unfinished:
+      raise FileNotFoundError(
+          f"latent cache {cache_dir} is incomplete ({len(unfinished)} of {num_shards} shards "
+          f"unfinished, e.g. {unfinished[0]}); rerun precompute_latents to finish it.")
+    self._records = grain.sources.ArrayRecordDataSource(paths)
+
+  @classmethod
+  def from_config(cls, data_cfg: Any) -> "LatentsSource":
+    cache_dir = sources.field(data_cfg, "data_dir", "")
+    if not cache_dir:
+      raise ValueError("config.data.data_dir must name the latent cache for source='latents'.")
+    return cls(cache_dir)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict:
+    label, moments = decode_record(self._records[index], self._shape, self._dtype)
+    return dict(moments=moments, y=label, skipped=np.int32(0))
+
+  def __repr__(self) -> str:
+    return f"LatentsSource(cache_dir={self.cache_dir!r})"
+
+
+class SampleLatents(grain.transforms.RandomMap):
+  """Picks the image or its flip (when `flip`) and samples its posterior, times latent_scale."""
+
+  def __init__(self, flip: bool, latent_scale: float):
+    self.flip = flip
+    self.latent_scale = latent_scale
+
+  def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+    moments = element["moments"]
+    which = int(rng.integers(2)) if self.flip else 0
+    mean = moments[which, 0].astype(np.float32)
+    std = np.exp(np.float32(0.5) * moments[which, 1].astype(np.float32))
+    eps = rng.standard_normal(mean.shape, dtype=np.float32)
+    x = (mean + std * eps) * np.float32(self.latent_scale)
+    return dict(x=x, y=element["y"], skipped=element["skipped"])
+
+  def __repr__(self) -> str:
+    return f"SampleLatents(flip={self.flip}, latent_scale={self.latent_scale})"
