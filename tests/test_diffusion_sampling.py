@@ -56,6 +56,11 @@ def test_ddim_reverse_step_with_oracle_is_q_sample_at_next_step():
   out = d.ddim_reverse_sample(_ORACLE, x_t, t)
   np.testing.assert_allclose(out["sample"], d.q_sample(X0, t + 1, noise), atol=2e-4)
   np.testing.assert_allclose(out["pred_xstart"], X0, atol=2e-4)
+  # The full inversion of x_0 keeps the eps implied at t = 0 and ends on it (abar_next = 0):
+  # eps_0 = (x_0 / sqrt(abar_0) - x_0) / sqrt(1 / abar_0 - 1) = x_0 (1 - sqrt(abar_0)) / sqrt(1 - abar_0).
+  abar0 = d.alphas_cumprod[0]
+  x_T = d.ddim_reverse_sample_loop(_ORACLE, X0)
+  np.testing.assert_allclose(x_T, X0 * (1 - np.sqrt(abar0)) / np.sqrt(1 - abar0), atol=1e-4)
 
 
 def test_clip_denoised_clips_pred_xstart():
