@@ -186,11 +186,12 @@ def is_trained(workdir: str, num_steps: int) -> bool:
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
-  """Every scalar in the TensorBoard event files under ``workdir``: tag -> [(step, value)]."""
+  """Scalars of the TensorBoard event files in ``workdir`` and its subdirectories: tag -> [(step, value)]."""
   from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=import-outside-toplevel
   from tensorboard.util import tensor_util  # pylint: disable=import-outside-toplevel
   scalars: dict[str, list[tuple[int, float]]] = {}
-  for path in sorted(epath.Path(workdir).rglob("*tfevents*")):
+  root = epath.Path(workdir)
+  for path in sorted([*root.glob("*tfevents*"), *root.glob("*/*tfevents*")]):
     for event in event_file_loader.EventFileLoader(str(path)).Load():
       for value in event.summary.value:
         if value.HasField("simple_value"):
@@ -223,7 +224,7 @@ def evaluate_quality(evaluation: dict, workdir: str) -> dict:
   from dit_jax import quality  # pylint: disable=import-outside-toplevel
   output = str(epath.Path(workdir) / SAMPLES_FILE)
   cmd = [sys.executable, "-m", "dit_jax.sample", f"--workdir={workdir}", f"--output={output}",
-         f"--num_samples={evaluation.get('num_samples', 1000)}", "--seed=0"]
+         f"--num_samples={evaluation.get('num_samples', 1000)}", "--seed=0", "--eval=false"]
   for key in ("sampler", "num_sampling_steps", "cfg_scale"):
     if key in evaluation:
       cmd.append(f"--{key}={evaluation[key]}")
@@ -323,6 +324,8 @@ def main(argv):
     raise app.UsageError("--grid is required, e.g. --grid configs/sweeps/digits.py")
   grid = load_grid(FLAGS.grid)
   root = FLAGS.workdir_root or f"workdirs/sweeps/{pathlib.Path(FLAGS.grid).stem}"
+  if "://" not in root:
+    root = os.path.abspath(root)  # Orbax refuses relative checkpoint paths.
   runs = expand(grid)
   print(f"{len(runs)} runs: {', '.join(r.name for r in runs)}")
   for run in runs:

@@ -10,6 +10,7 @@ import csv
 import pathlib
 import shlex
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -121,3 +122,48 @@ def test_launch_command_dry_runs_through_up_sh():
   train = shlex.split([a for a in gcloud[-1] if a.startswith("--command=")][0][10:])
   assert "--workdir=gs://b/sweep/XL-2" in train
   assert "--config.model.variant=XL/2" in train and "--config.num_train_steps=400000" in train
+
+
+MICRO_GRID = '''
+def get_sweep():
+  return dict(
+      config="configs/digits.py:smoke",
+      fixed={"num_train_steps": 4, "checkpoint_every_steps": 4, "log_every_steps": 2,
+             "warmup_steps": 1},
+      axes=[{"model.patch_size": [4, 2]}],
+      evaluation=dict(quality="digits", num_samples=20, sampler="ddim", num_sampling_steps=2))
+'''
+
+
+@pytest.mark.slow
+def test_micro_sweep_end_to_end(tmp_path, monkeypatch, capsys):
+  """Two real 4-step runs: train (subprocess), sample + score, then the table and plots."""
+  grid_file = tmp_path / "micro.py"
+  grid_file.write_text(MICRO_GRID)
+  root, report = tmp_path / "runs", tmp_path / "report"
+  proc = subprocess.run(
+      [sys.executable, "-m", "dit_jax.sweep", f"--grid={grid_file}", f"--workdir_root={root}",
+       "--report", f"--report_dir={report}"],
+      cwd=ROOT, capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "power-law exponent final_loss vs gflops" in proc.stdout
+  with open(report / "results.csv") as f:
+    table = list(csv.DictReader(f))
+  assert [r["name"] for r in table] == ["p4", "p2"]  # ascending Gflops
+  for r in table:
+    assert 0.0 <= float(r["accuracy"]) <= 1.0 and float(r["fd"]) > 0
+    assert np.isfinite(float(r["final_loss"])) and int(r["params"]) > 0
+    assert float(r["train_compute"]) == pytest.approx(float(r["gflops"]) * 16 * 4 * 3)
+  assert "| p2 |" in (report / "results.md").read_text()
+  for png in ("vs_gflops.png", "vs_train_compute.png"):
+    assert (report / png).stat().st_size > 1000
+  # A second invocation finds both runs finished: nothing retrained, the report comes from cache.
+  monkeypatch.chdir(ROOT)
+  for name, value in dict(grid=str(grid_file), workdir_root=str(root), report=True,
+                          report_dir=str(tmp_path / "report2"), run="local").items():
+    monkeypatch.setattr(sweep.FLAGS, name, value)
+  monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"unexpected run {a}"))
+  sweep.main([])
+  out = capsys.readouterr().out
+  assert "p4: finished, skipped" in out and "p2: finished, skipped" in out
+  assert (tmp_path / "report2" / "results.csv").read_text() == (report / "results.csv").read_text()
