@@ -41,7 +41,7 @@ NODE="0"
 LINES=100
 FOLLOW=0
 PORT=12345
-TRAIN_ARGS=()
+EXTRA_ARGS=()
 
 die() {
   echo "error: $*" >&2
@@ -71,14 +71,15 @@ run() {
 }
 
 # Parses "$@" into the option variables above. $ALLOWED (set by the calling script) lists the
-# options the script accepts; everything after a bare "--" goes to TRAIN_ARGS.
+# options the script accepts; everything after a bare "--" goes to EXTRA_ARGS (train flags, or
+# the remote command of ssh_all.sh).
 parse_args() {
   local flag value
   while (($#)); do
     flag="$1"
     shift
     if [[ "$flag" == "--" ]]; then
-      TRAIN_ARGS=("$@")
+      EXTRA_ARGS=("$@")
       return 0
     fi
     if [[ "$flag" == -h || "$flag" == --help ]]; then

@@ -40,10 +40,10 @@ check_tpu_args
 [[ "$WORKDIR" == gs://* ]] || die "--workdir must be a gs:// path that every worker can reach (got '$WORKDIR')"
 
 train=(-m dit_jax.train --config="$CONFIG" --workdir="$WORKDIR")
-if ((NUM_SLICES > 1)) && [[ " ${TRAIN_ARGS[*]-} " != *"--config.mesh.dcn_"* ]]; then
+if ((NUM_SLICES > 1)) && [[ " ${EXTRA_ARGS[*]-} " != *"--config.mesh.dcn_"* ]]; then
   train+=(--config.mesh.dcn_data="$NUM_SLICES")
 fi
-train+=(${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
+train+=(${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 
 start="if [ -f ~/$REMOTE_PID ] && kill -0 \$(cat ~/$REMOTE_PID) 2>/dev/null; then"
 start+=" echo \"\$(hostname): dit_jax.train is already running (pid \$(cat ~/$REMOTE_PID)); run launch/stop.sh first\" >&2; exit 1; fi"

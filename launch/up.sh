@@ -44,4 +44,4 @@ setup=("${target[@]}" --python "$PYTHON_VERSION")
 bash "$here/create.sh" "${create[@]}"
 bash "$here/setup.sh" "${setup[@]}"
 bash "$here/train.sh" "${target[@]}" --config "$CONFIG" --workdir "$WORKDIR" \
-  -- ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"}
+  -- ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"}

@@ -199,3 +199,13 @@ def test_slurm_gpu_example():
 def test_without_dry_run_the_command_really_runs():
   proc = run_script("delete.sh", *TPU, check=False)
   assert proc.returncode == 99 and "gcloud called by a dry run" in proc.stderr
+
+
+def test_ssh_all_runs_the_command_everywhere():
+  [cmd] = commands("ssh_all.sh", *TPU, "--num_slices", "2", "--",
+                   "gcloud storage cp -r gs://b/latents256 ~/data/")
+  assert cmd[3:6] == ["queued-resources", "ssh", "dit-xl2"]
+  assert flag(cmd, "--node") == "all" and flag(cmd, "--worker") == "all"
+  assert flag(cmd, "--command") == "gcloud storage cp -r gs://b/latents256 ~/data/"
+  [cmd] = commands("ssh_all.sh", *TPU, "--", "ls", "a b")
+  assert remote(cmd) == ["ls", "a b"]
