@@ -324,6 +324,9 @@ def main(argv):
     raise app.UsageError("--grid is required, e.g. --grid configs/sweeps/digits.py")
   grid = load_grid(FLAGS.grid)
   root = FLAGS.workdir_root or f"workdirs/sweeps/{pathlib.Path(FLAGS.grid).stem}"
+  if FLAGS.run in ("print", "launch") and not root.startswith("gs://"):
+    raise app.UsageError(f"--run {FLAGS.run} starts TPU jobs, whose workdirs must be on GCS; "
+                         "pass --workdir_root gs://BUCKET/SWEEP.")
   if "://" not in root:
     root = os.path.abspath(root)  # Orbax refuses relative checkpoint paths.
   runs = expand(grid)

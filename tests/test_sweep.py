@@ -135,6 +135,27 @@ def get_sweep():
 '''
 
 
+def _set_flags(monkeypatch, **values):
+  for name, value in values.items():
+    monkeypatch.setattr(sweep.FLAGS, name, value)
+
+
+def test_print_mode_prints_one_up_sh_per_run(tmp_path, monkeypatch, capsys):
+  grid_file = tmp_path / "micro.py"
+  grid_file.write_text(MICRO_GRID)
+  monkeypatch.chdir(ROOT)
+  _set_flags(monkeypatch, grid=str(grid_file), run="print", workdir_root="gs://b/sweep",
+             report=False, tpu_prefix="dit", launch_args="--zone=z --accelerator_type=v5p-8")
+  sweep.main([])
+  lines = [shlex.split(l) for l in capsys.readouterr().out.splitlines() if "up.sh" in l]
+  assert [l[l.index("--name") + 1] for l in lines] == ["dit-p4", "dit-p2"]
+  assert "--workdir" in lines[1] and lines[1][lines[1].index("--workdir") + 1] == "gs://b/sweep/p2"
+  assert "--config.model.patch_size=2" in lines[1] and "--accelerator_type=v5p-8" in lines[1]
+  _set_flags(monkeypatch, workdir_root="/tmp/local")
+  with pytest.raises(sweep.app.UsageError, match="gs://"):
+    sweep.main([])
+
+
 @pytest.mark.slow
 def test_micro_sweep_end_to_end(tmp_path, monkeypatch, capsys):
   """Two real 4-step runs: train (subprocess), sample + score, then the table and plots."""
@@ -159,9 +180,8 @@ def test_micro_sweep_end_to_end(tmp_path, monkeypatch, capsys):
     assert (report / png).stat().st_size > 1000
   # A second invocation finds both runs finished: nothing retrained, the report comes from cache.
   monkeypatch.chdir(ROOT)
-  for name, value in dict(grid=str(grid_file), workdir_root=str(root), report=True,
-                          report_dir=str(tmp_path / "report2"), run="local").items():
-    monkeypatch.setattr(sweep.FLAGS, name, value)
+  _set_flags(monkeypatch, grid=str(grid_file), workdir_root=str(root), report=True,
+             report_dir=str(tmp_path / "report2"), run="local")
   monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"unexpected run {a}"))
   sweep.main([])
   out = capsys.readouterr().out
