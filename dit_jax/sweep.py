@@ -286,7 +286,10 @@ def write_report(rows: list[dict], out_dir: str) -> dict[str, float]:
     for ax, (m, label) in zip(axes[0], metrics):
       x = np.array([r[x_key] for r in rows])
       y = np.array([r[m] for r in rows])
-      ax.loglog(x, y, "o")
+      patches = np.array([str(r.get("patch_size", "")) for r in rows])
+      for patch in dict.fromkeys(patches):  # one colour per patch size, as in the paper's plots
+        ax.loglog(x[patches == patch], y[patches == patch], "o",
+                  label=f"patch {patch}" if patch else None)
       for xi, yi, r in zip(x, y, rows):
         ax.annotate(r["name"], (xi, yi), fontsize=6, alpha=0.7)
       try:
