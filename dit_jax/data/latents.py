@@ -20,6 +20,8 @@ from dit_jax.data import sources
 META_FILE = "meta.json"
 SHARD_PATTERN = "latents-{:05d}-of-{:05d}.array_record"
 DONE_SUFFIX = ".json"
+# One record per chunk (grain's random access needs it); uncompressed reads ~2.5x faster.
+WRITER_OPTIONS = "group_size:1,uncompressed"
 DEFAULT_LATENT_SCALE = 0.18215
 SD_VAE_FACTOR = 8
 SD_VAE_CHANNELS = 4
@@ -104,6 +106,17 @@ class LatentsSource:
     return f"LatentsSource(cache_dir={self.cache_dir!r})"
 
 
+def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+  """Exact N(0, 1) float32 draws by Box-Muller from uniforms: ~1.6x faster than numpy's
+  ziggurat `standard_normal`, which dominates the cost of a cached example."""
+  size = int(np.prod(shape))
+  half = (size + 1) // 2
+  u = rng.random(2 * half, dtype=np.float32)
+  radius = np.sqrt(np.float32(-2.0) * np.log1p(-u[:half]))  # 1 - u is in (0, 1]
+  angle = np.float32(2 * np.pi) * u[half:]
+  return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size].reshape(shape)
+
+
 class SampleLatents(grain.transforms.RandomMap):
   """Picks the image or its flip (when `flip`) and samples its posterior, times latent_scale."""
 
@@ -114,10 +127,9 @@ class SampleLatents(grain.transforms.RandomMap):
   def random_map(self, element: dict, rng: np.random.Generator) -> dict:
     moments = element["moments"]
     which = int(rng.integers(2)) if self.flip else 0
-    mean = moments[which, 0].astype(np.float32)
-    std = np.exp(np.float32(0.5) * moments[which, 1].astype(np.float32))
-    eps = rng.standard_normal(mean.shape, dtype=np.float32)
-    x = (mean + std * eps) * np.float32(self.latent_scale)
+    mean = moments[which, 0].astype(np.float32, copy=False)
+    std = np.exp(np.float32(0.5) * moments[which, 1].astype(np.float32, copy=False))
+    x = (mean + std * standard_normal(rng, mean.shape)) * np.float32(self.latent_scale)
     return dict(x=x, y=element["y"], skipped=element["skipped"])
 
   def __repr__(self) -> str:

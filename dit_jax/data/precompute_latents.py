@@ -75,7 +75,7 @@ def _chunks(source, indices, batch_size: int, pool):
 
 def _write_shard(path, source, indices, encode, num_devices, batch_size, dtype, pool, progress):
   from array_record.python.array_record_module import ArrayRecordWriter  # local: tool-only
-  writer = ArrayRecordWriter(path + _TMP_SUFFIX, "group_size:1")
+  writer = ArrayRecordWriter(path + _TMP_SUFFIX, latents.WRITER_OPTIONS)
   written = skipped = 0
   for chunk in _chunks(source, indices, batch_size, pool):
     good = [e for e in chunk if e is not None]
