@@ -248,97 +248,116 @@ def save_png(image: np.ndarray, path: str) -> None:
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
-# ---------------------------------------------------------------- command line
-
-flags.DEFINE_string("workdir", None, "Training workdir or converted checkpoint (local or gs://).")
-flags.DEFINE_integer("num_samples", 100, "How many samples.")
-flags.DEFINE_string("output", None, "npz to write (arr_0: uint8 NHWC, labels); optional.")
-flags.DEFINE_integer("seed", 0, "Sample i depends only on (seed, i).")
-flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default config.sample).")
-flags.DEFINE_integer("num_sampling_steps", None, "Sampler steps (default config.sample).")
-flags.DEFINE_enum("sampler", None, ["ddpm", "ddim", "euler", "heun", "euler_maruyama"],
-                  "Sampler (default config.sample.sampler).")
-flags.DEFINE_list("labels", None, "Classes, cycled over the samples (default: drawn at random).")
-flags.DEFINE_string("grid", None, f"PNG grid of the first {GRID_MAX_SAMPLES} samples.")
-flags.DEFINE_integer("grid_cols", 10, "Columns of the grid.")
-flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_integer("batch_size", None, "Global batch size (a multiple of the device count).")
-flags.DEFINE_enum("guidance", "official", list(GUIDANCE_CHANNELS),
-                  "CFG on the first 3 output channels as the released code ('official') or on "
-                  "all prediction channels ('all').")
-flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
-flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
-                  "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
-FLAGS = flags.FLAGS
+# ---------------------------------------------------------------- the command
 
 
-def _wants_eval(config) -> bool:
-  if FLAGS.eval == "auto":
-    return (config.get("data") or {}).get("source") == DIGITS_SOURCE
-  return FLAGS.eval == "true"
+def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None,
+                    grid: str | None = None, png_dir: str | None = None, seed: int = 0,
+                    step: int | None = None, labels=None, evaluate: bool | None = None,
+                    grid_cols: int = 10, **sampling) -> dict:
+  """What ``python -m dit_jax.sample`` does: restore the EMA weights, sample, write outputs.
 
+  Args:
+    workdir: training workdir or converted checkpoint (local path or gs://).
+    num_samples: how many samples; sample i depends only on (seed, i).
+    output: npz path (``arr_0`` uint8 NHWC, ``labels``); grid: PNG of the first
+      GRID_MAX_SAMPLES samples in ``grid_cols`` columns; png_dir: one PNG per sample.
+    step: checkpoint step (default: the latest).
+    labels: classes cycled over the samples (default: drawn from the seed).
+    evaluate: digits quality metrics (default: when the config's data source is digits);
+      printed and written next to the npz as ``<output>_quality.json``.
+    **sampling: sampler, num_steps, cfg_scale, guidance, batch_size, vae_dir (see
+      ``iterate_samples``).
 
-def run(config, params) -> dict:
-  """Samples as the flags say and writes the outputs on process 0; returns the quality dict."""
-  model = ts.build_model(config)
-  labels = sample_labels(FLAGS.seed, FLAGS.num_samples, model.num_classes,
-                         [int(c) for c in FLAGS.labels] if FLAGS.labels else None)
+  Returns:
+    The quality metrics on process 0 when evaluated, else {}.
+  """
+  config, params = checkpoint.restore_ema_params(workdir, step)
+  num_classes = ts.build_model(config).num_classes
+  labels = sample_labels(seed, num_samples, num_classes, [int(c) for c in labels] if labels else None)
+  if evaluate is None:
+    evaluate = (config.get("data") or {}).get("source") == DIGITS_SOURCE
   writes = jax.process_index() == 0
-  evaluate = _wants_eval(config)
-  if writes and FLAGS.png_dir:
-    os.makedirs(FLAGS.png_dir, exist_ok=True)
+  if writes and png_dir:
+    os.makedirs(png_dir, exist_ok=True)
   writer = None
   grid_images, eval_images = [], []
-  batches = iterate_samples(
-      config, params, labels, seed=FLAGS.seed, sampler=FLAGS.sampler,
-      num_steps=FLAGS.num_sampling_steps, cfg_scale=FLAGS.cfg_scale, guidance=FLAGS.guidance,
-      batch_size=FLAGS.batch_size, vae_dir=FLAGS.vae, progress=True)
-  for start, images in batches:
+  for start, images in iterate_samples(config, params, labels, seed=seed, progress=True, **sampling):
     if not writes:
       continue
-    if writer is None and FLAGS.output:
-      writer = NpzWriter(FLAGS.output, (FLAGS.num_samples, *images.shape[1:]), labels)
+    if writer is None and output:
+      writer = NpzWriter(output, (num_samples, *images.shape[1:]), labels)
     if writer is not None:
       writer.write(images)
     grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
     if evaluate:
       eval_images.append(images)
-    for i, image in enumerate(images if FLAGS.png_dir else ()):
-      save_png(image, os.path.join(FLAGS.png_dir, f"{start + i:06d}.png"))
+    for i, image in enumerate(images if png_dir else ()):
+      save_png(image, os.path.join(png_dir, f"{start + i:06d}.png"))
   if not writes:
     return {}
   if writer is not None:
     writer.close()
-    logging.info("wrote %d samples to %s", FLAGS.num_samples, FLAGS.output)
-  if FLAGS.grid:
-    save_png(make_grid(np.concatenate(grid_images), FLAGS.grid_cols), FLAGS.grid)
-    logging.info("wrote the grid to %s", FLAGS.grid)
+    logging.info("wrote %d samples to %s", num_samples, output)
+  if grid:
+    save_png(make_grid(np.concatenate(grid_images), grid_cols), grid)
+    logging.info("wrote the grid to %s", grid)
   if not evaluate:
     return {}
   from dit_jax import quality  # local: only digits runs need the classifier
   scores = quality.digits_quality(np.concatenate(eval_images), labels)
   print(json.dumps(scores, indent=1))
-  if FLAGS.output:
-    with open(os.path.splitext(FLAGS.output)[0] + "_quality.json", "w") as f:
+  if output:
+    with open(os.path.splitext(output)[0] + "_quality.json", "w") as f:
       json.dump(scores, f, indent=1)
   return scores
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when run as a program, so that importing this module
+  next to dit_jax.train (which has --workdir too) never defines a flag twice."""
+  flags.DEFINE_string("workdir", None, "Training workdir or converted checkpoint (local or gs://).",
+                      required=True)
+  flags.DEFINE_integer("num_samples", 100, "How many samples.")
+  flags.DEFINE_string("output", None, "npz to write (arr_0: uint8 NHWC, labels).")
+  flags.DEFINE_integer("seed", 0, "Sample i depends only on (seed, i).")
+  flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default config.sample).")
+  flags.DEFINE_integer("num_sampling_steps", None, "Sampler steps (default config.sample).")
+  flags.DEFINE_enum("sampler", None, ["ddpm", "ddim", "euler", "heun", "euler_maruyama"],
+                    "Sampler (default config.sample.sampler).")
+  flags.DEFINE_list("labels", None, "Classes, cycled over the samples (default: drawn at random).")
+  flags.DEFINE_string("grid", None, f"PNG grid of the first {GRID_MAX_SAMPLES} samples.")
+  flags.DEFINE_integer("grid_cols", 10, "Columns of the grid.")
+  flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here.")
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.DEFINE_integer("batch_size", None, "Global batch size (a multiple of the device count).")
+  flags.DEFINE_enum("guidance", "official", list(GUIDANCE_CHANNELS),
+                    "CFG on the first 3 output channels as the released code ('official') or on "
+                    "all prediction channels ('all').")
+  flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
+  flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
+                    "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+  flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not (FLAGS.output or FLAGS.grid or FLAGS.png_dir or FLAGS.eval == "true"):
+  f = flags.FLAGS
+  if not (f.output or f.grid or f.png_dir or f.eval == "true"):
     raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  config, params = checkpoint.restore_ema_params(FLAGS.workdir, FLAGS.step)
-  run(config, params)
+  if f.coordinator_address:
+    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  sample_to_files(
+      f.workdir, num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
+      seed=f.seed, step=f.step, labels=f.labels,
+      evaluate=None if f.eval == "auto" else f.eval == "true", grid_cols=f.grid_cols,
+      sampler=f.sampler, num_steps=f.num_sampling_steps, cfg_scale=f.cfg_scale,
+      guidance=f.guidance, batch_size=f.batch_size, vae_dir=f.vae)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdir")
+  define_flags()
   app.run(main)

@@ -18,7 +18,6 @@ import jax
 import numpy as np
 import pytest
 import torch
-from absl.testing import flagsaver
 from flax import linen as nn
 
 from dit_jax import checkpoint, convert, sample, sharding
@@ -218,12 +217,10 @@ def test_converted_official_checkpoint_samples(tmp_path):
   params = nn.unbox(model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32))["params"])
   vae_weights.save_vae(str(tmp_path / "vae"), TINY_VAE, params)
 
-  # The command's main() in-process (the one-device test above runs it as a subprocess).
-  with flagsaver.flagsaver(
-      workdir=str(tmp_path / "run"), vae=str(tmp_path / "vae"), num_samples=3,
-      num_sampling_steps=2, cfg_scale=4.0, labels=["1", "7"], output=str(tmp_path / "s.npz"),
-      grid=str(tmp_path / "g.png")):
-    sample.main(["sample"])
+  # What the command runs, in-process (the one-device test runs the command as a subprocess).
+  sample.sample_to_files(
+      str(tmp_path / "run"), vae_dir=str(tmp_path / "vae"), num_samples=3, num_steps=2,
+      cfg_scale=4.0, labels=["1", "7"], output=str(tmp_path / "s.npz"), grid=str(tmp_path / "g.png"))
   with np.load(tmp_path / "s.npz") as npz:
     assert npz["arr_0"].shape == (3, 64, 64, 3) and npz["arr_0"].dtype == np.uint8
     np.testing.assert_array_equal(npz["labels"], [1, 7, 1])
