@@ -19,6 +19,7 @@ from flax import linen as nn
 
 from dit_jax import config_checks
 from dit_jax import sharding
+from dit_jax.models import dit
 
 DROPOUT_RNG = "dropout"  # the model's RNG stream for label dropout
 PARAMS_RNG = "params"
@@ -40,20 +41,7 @@ class TrainState:
 
 def build_model(config) -> nn.Module:
   """The DiT a config describes (variant expanded; dtypes may be strings)."""
-  from dit_jax.models import dit  # local: keeps configs importable without the model
   return dit.build_model(config_checks.model_kwargs(config.model.to_dict()))
-
-
-def model_input_shape(config) -> tuple[int, int, int]:
-  """(H, W, C) of the model's input, from the model config."""
-  kw = config_checks.model_kwargs(config.model.to_dict())
-  return kw["input_size"], kw["input_size"], kw.get("in_channels", 4)
-
-
-def dummy_inputs(config, batch_size: int = 1):
-  """Zero (x, t, y) of the right shapes and dtypes for tracing the model."""
-  x = jnp.zeros((batch_size, *model_input_shape(config)), jnp.float32)
-  return x, jnp.zeros((batch_size,), jnp.float32), jnp.zeros((batch_size,), jnp.int32)
 
 
 def learning_rate_schedule(config) -> optax.Schedule:
@@ -87,7 +75,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def _create_state(config, rng) -> TrainState:
   """A fresh state with logically boxed leaves (unbox before returning from jit)."""
   model = build_model(config)
-  params = model.init({PARAMS_RNG: rng}, *dummy_inputs(config))["params"]
+  params = model.init({PARAMS_RNG: rng}, *dit.init_inputs(model))["params"]
   # The EMA starts as an exact copy of the initial weights, as in the reference.
   ema_params = jax.tree.map(jnp.copy, params)
   opt_state = make_optimizer(config).init(params)
@@ -117,7 +105,7 @@ def abstract_params(config, mesh: jax.sharding.Mesh):
   """ShapeDtypeStructs (with shardings) of the model parameters alone; no optimizer is built."""
   model = build_model(config)
   boxed = jax.eval_shape(
-      lambda r: model.init({PARAMS_RNG: r}, *dummy_inputs(config))["params"], jax.random.key(0))
+      lambda r: model.init({PARAMS_RNG: r}, *dit.init_inputs(model))["params"], jax.random.key(0))
   shardings = sharding.logical_to_shardings(boxed, mesh, _rules(config))
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       nn.unbox(boxed), shardings)
@@ -128,6 +116,11 @@ def init_train_state(config, mesh: jax.sharding.Mesh, rng: jax.Array) -> TrainSt
   _, shardings = abstract_train_state(config, mesh)
   init = jax.jit(lambda r: nn.unbox(_create_state(config, r)), out_shardings=shardings)
   return init(rng)
+
+
+def global_norm(tree) -> jax.Array:
+  """L2 norm of all leaves together, accumulated in float32."""
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_train_step(config):
@@ -164,13 +157,13 @@ def make_train_step(config):
     params = optax.apply_updates(state.params, updates)
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                               state.ema_params, params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                            opt_state=opt_state)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = {k: jnp.mean(v) for k, v in terms.items()}
-    metrics.update(loss=loss, grad_norm=grad_norm, param_norm=optax.global_norm(params),
+    metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params),
                    learning_rate=schedule(state.step), finite=finite)
     return new_state, metrics
 

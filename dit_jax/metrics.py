@@ -1,0 +1,158 @@
+"""Training metrics with clu: TensorBoard events and console lines from process 0.
+
+Per log window: the step metrics averaged over the window (loss, mse, vb, learning rate,
+gradient and parameter norms, skipped inputs), throughput (steps/s, images/s), TFLOP/s per device
+and MFU from `dit_jax.flops` (training = 3 x forward, 2 FLOPs per multiply-accumulate), and
+clu's ReportProgress (steps/s, ETA). Optionally a profiler window and a grid of EMA samples
+(TensorBoard image + PNG under WORKDIR/samples/).
+"""
+import logging
+import time
+
+import jax
+import numpy as np
+from clu import metric_writers, periodic_actions
+from etils import epath
+from PIL import Image
+
+from dit_jax import flops
+from dit_jax import sharding
+
+SAMPLES_SUBDIR = "samples"
+GRID_COLUMNS = 8
+GRID_MAX_CLASSES = 10
+TRAIN_FLOPS_PER_FORWARD_MAC = 3 * 2  # forward + 2x backward; a MAC is 2 FLOPs
+_NOT_AVERAGED = ("finite", "skipped")
+
+
+def flatten_config(config) -> dict:
+  """Scalar leaves of a config as {"a.b": value}, for TensorBoard hparams."""
+  out = {}
+
+  def visit(prefix, value):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        visit(f"{prefix}.{k}" if prefix else k, v)
+    elif isinstance(value, (bool, int, float, str)):
+      out[prefix] = value
+  visit("", config.to_dict())
+  return out
+
+
+def image_grid(images: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
+  """[N, H, W, C] in [-1, 1] -> one uint8 [rows*H, columns*W, C] image (row-major)."""
+  n, h, w, c = images.shape
+  rows = -(-n // columns)
+  pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  canvas = np.zeros((rows * h, columns * w, c), np.uint8)
+  for i, img in enumerate(pixels):
+    r, k = divmod(i, columns)
+    canvas[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
+  return canvas
+
+
+class TrainMonitor:
+  """Collects step metrics and writes them every `config.log_every_steps` steps.
+
+  Every process calls the same methods in the same order (sampling is a collective); only
+  process 0 writes events, PNGs and console lines.
+  """
+
+  def __init__(self, config, workdir: str, model, mesh: jax.sharding.Mesh, start_step: int):
+    self.config = config
+    self.workdir = epath.Path(workdir)
+    self.model = model
+    self.mesh = mesh
+    self.is_chief = jax.process_index() == 0
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_chief)
+    self.hooks = []
+    if self.is_chief:
+      self.hooks.append(periodic_actions.ReportProgress(
+          num_train_steps=config.num_train_steps, writer=self.writer,
+          every_steps=config.log_every_steps, every_secs=None))
+      if config.get("profile_steps", 0):
+        self.hooks.append(periodic_actions.Profile(
+            logdir=workdir, num_profile_steps=config.profile_steps, profile_duration_ms=None,
+            first_profile=start_step + min(10, config.num_train_steps // 2), every_secs=None))
+    self.gflops = flops.dit_gflops(model)
+    self.num_devices = mesh.size
+    self.device_kind = mesh.devices.flat[0].device_kind
+    self._window = []
+    self._window_start = (start_step, time.perf_counter())
+    self._sample_fn = None
+
+  def write_hparams(self) -> None:
+    self.writer.write_hparams(flatten_config(self.config))
+
+  def reset_timer(self, step: int) -> None:
+    """Starts the throughput window at `step` (call after compilation, so it is not counted)."""
+    self._window_start = (step, time.perf_counter())
+
+  def on_step(self, step: int, metrics: dict) -> None:
+    """Records the (device) metrics of the step that ended at `step`; logs at window ends."""
+    self._window.append(metrics)
+    for hook in self.hooks:
+      hook(step)
+    if step % self.config.log_every_steps == 0 or step == self.config.num_train_steps:
+      self._write_window(step)
+
+  def _write_window(self, step: int) -> None:
+    window = jax.device_get(self._window)
+    start_step, start_time = self._window_start
+    elapsed = max(time.perf_counter() - start_time, 1e-9)
+    steps = max(step - start_step, 1)
+    scalars = {f"train/{k}": float(np.mean([m[k] for m in window]))
+               for k in window[0] if k not in _NOT_AVERAGED}
+    if "skipped" in window[0]:
+      scalars["data/skipped"] = float(np.sum([m["skipped"] for m in window]))
+    images_per_s = steps * self.config.global_batch_size / elapsed
+    scalars["perf/steps_per_s"] = steps / elapsed
+    scalars["perf/images_per_s"] = images_per_s
+    train_gflops = TRAIN_FLOPS_PER_FORWARD_MAC * self.gflops
+    scalars["perf/tflops_per_device"] = train_gflops * images_per_s / self.num_devices / 1e3
+    mfu = flops.mfu(images_per_s, self.gflops, self.num_devices, self.device_kind)
+    if mfu is not None:
+      scalars["perf/mfu"] = mfu
+    self.writer.write_scalars(step, scalars)
+    self.writer.flush()
+    self._window = []
+    self._window_start = (step, time.perf_counter())
+
+  def write_samples(self, step: int, ema_params, rng: jax.Array) -> None:
+    """Samples a class-conditional grid from the EMA weights; writes TensorBoard + PNG.
+
+    Rows are classes 0..min(num_classes, 10)-1; sampling uses config.sample.sampler with
+    config.sample_grid_steps steps, no guidance. Skipped for latent models (no decoder here).
+    """
+    if self.model.in_channels not in (1, 3):
+      logging.info("Sample grid skipped: %d-channel latents need the VAE decoder (dit_jax.sample).",
+                   self.model.in_channels)
+      return
+    from dit_jax import diffusion  # local: only sampling needs the samplers
+    classes = min(self.model.num_classes, GRID_MAX_CLASSES)
+    labels = np.repeat(np.arange(classes, dtype=np.int32), GRID_COLUMNS)
+    shape = (len(labels), self.model.input_size, self.model.input_size, self.model.in_channels)
+    replicated = sharding.replicated(self.mesh)
+    noise = jax.device_put(jax.random.normal(jax.random.fold_in(rng, step), shape), replicated)
+    labels = jax.device_put(labels, replicated)
+    if self._sample_fn is None:
+      model = self.model
+
+      def model_fn(x, t, params, y):
+        return model.apply({"params": params}, x, t, y)
+      self._sample_fn = model_fn
+    samples = diffusion.sample(
+        self.config.diffusion, self._sample_fn, noise, rng, sampler=self.config.sample.sampler,
+        num_steps=self.config.sample_grid_steps, model_kwargs=dict(params=ema_params, y=labels))
+    samples = jax.jit(lambda s: s, out_shardings=replicated)(samples)
+    grid = image_grid(np.asarray(samples.addressable_data(0)))
+    if self.is_chief:
+      self.writer.write_images(step, {"samples/ema": grid[None]})
+      out_dir = self.workdir / SAMPLES_SUBDIR
+      out_dir.mkdir(parents=True, exist_ok=True)
+      with (out_dir / f"step_{step:08d}.png").open("wb") as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()

@@ -1,0 +1,180 @@
+"""Trains a DiT: `python -m dit_jax.train --config configs/FILE.py[:ARGS] --workdir DIR`.
+
+Config fields can be overridden on the command line (`--config.num_train_steps=500`,
+`--config.mesh.fsdp=-1`). The same command runs on every host of a multi-host job:
+`jax.distributed` starts by itself on TPU pods and SLURM/Open MPI clusters, or from
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+
+The loop: validate the config (before anything compiles) -> build the mesh -> resume from
+WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
+abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
+assembled from each process's share -> metrics, EMA sample grids and async checkpoints on their
+schedules. SIGTERM (preemption) saves at the current step and exits 0; a non-finite loss raises
+FloatingPointError naming the step (the bad update is never applied or saved).
+"""
+import glob
+import logging
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from dit_jax import checkpoint
+from dit_jax import config_checks
+from dit_jax import data
+from dit_jax import metrics as metrics_lib
+from dit_jax import sharding
+from dit_jax import train_state as ts
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:ARG].",
+                                 lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, samples.")
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0, for manual multi-process starts.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+# Environment variables that mean "this is one process of a multi-host job", for which
+# jax.distributed.initialize() finds its parameters by itself.
+_CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+_TPU_MULTIHOST_VARS = ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
+_TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
+BATCH_KEYS = ("x", "y", "skipped")
+_QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
+
+
+class _QuietLibraries(logging.Filter):
+  """Passes warnings and errors from anywhere, INFO only from outside _QUIET_LIBRARIES."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        lib in record.pathname for lib in _QUIET_LIBRARIES)
+
+
+def _on_tpu_vm() -> bool:
+  return any(glob.glob(pattern) for pattern in _TPU_DEVICE_GLOBS)
+
+
+def _in_multihost_cluster() -> bool:
+  if any(int(os.environ.get(v, "1") or 1) > 1 for v in _CLUSTER_SIZE_VARS):
+    return True
+  return any("," in os.environ.get(v, "") or (v.startswith("MEGA") and os.environ.get(v))
+             for v in _TPU_MULTIHOST_VARS)
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+  """Starts jax.distributed when this is one process of several (explicitly or detected)."""
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif _in_multihost_cluster() or _on_tpu_vm():
+    jax.distributed.initialize()
+
+
+def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """This process's rows -> global arrays sharded over (data, fsdp) (rows in process order)."""
+  batch_sharding = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[k]))
+          for k in BATCH_KEYS if k in local_batch}
+
+
+def check_finite(step: int, metrics: dict) -> None:
+  """Raises FloatingPointError if the update at `step` (0-based) had a non-finite loss/gradient."""
+  values = jax.device_get({k: metrics[k] for k in ("finite", "loss", "grad_norm")})
+  if not values["finite"]:
+    raise FloatingPointError(
+        f"Non-finite training loss at step {step} (loss={values['loss']}, grad_norm="
+        f"{values['grad_norm']}). The update was not applied and no checkpoint of it was written; "
+        "lower config.learning_rate, set config.grad_clip_norm, or check the data.")
+
+
+def _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng):
+  """Resumes from the workdir's latest checkpoint, else initializes (and loads init_from)."""
+  latest = manager.latest_step()
+  if latest is not None:
+    logging.info("Resuming from %s step %d.", manager.directory, latest)
+    return checkpoint.restore_state(manager, abstract_state, data_iterator, latest)
+  state = ts.init_train_state(config, mesh, init_rng)
+  if config.get("init_from"):
+    logging.info("Initializing params and EMA from %s.", config.init_from)
+    state = checkpoint.init_from(config, abstract_state, state)
+  return state
+
+
+def train(config, workdir: str, devices=None) -> ts.TrainState:
+  """Runs (or resumes) training to `config.num_train_steps`; returns the final state.
+
+  Args:
+    config: the training ConfigDict (see configs/ and docs/training.md).
+    workdir: where checkpoints, events and sample grids go; a run resumes from it.
+    devices: devices of the mesh (default: all devices of all processes).
+
+  Raises:
+    config_checks.ConfigError: the config cannot work (raised before compiling).
+    FloatingPointError: a step had a non-finite loss or gradient.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())
+  checkpoint.validate_init_from(config)
+  mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
+  logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
+               jax.process_count())
+  init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
+  abstract_state, state_shardings = ts.abstract_train_state(config, mesh)
+  data_iterator = iter(data.create_dataset(
+      config.data, global_batch_size=config.global_batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count()))
+  manager = checkpoint.manager_for_config(workdir, config)
+  watcher = checkpoint.PreemptionWatcher()
+  try:
+    state = _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng)
+    step = int(jax.device_get(state.step))
+    train_step = ts.jit_train_step(config, mesh, state_shardings)
+    monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)
+    if step == 0:
+      monitor.write_hparams()
+    start_step, previous = step, None
+    while step < config.num_train_steps:
+      batch = global_batch(next(data_iterator), mesh)
+      state, step_metrics = train_step(state, batch, train_rng)
+      if previous is not None:
+        check_finite(step - 1, previous)  # one step behind, so the host never stalls the device
+      previous = step_metrics
+      step += 1
+      if step == start_step + 1:
+        monitor.reset_timer(step)  # the first step's time is mostly compilation
+      monitor.on_step(step, step_metrics)
+      preempted = watcher.should_stop(step)
+      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
+        check_finite(step - 1, step_metrics)
+        checkpoint.save(manager, state, config, data_iterator, force=preempted)
+      if config.sample_every_steps and step % config.sample_every_steps == 0:
+        monitor.write_samples(step, state.ema_params, sample_rng)
+      if preempted:
+        logging.warning("Preempted: saved step %d; exiting.", step)
+        break
+    if previous is not None:
+      check_finite(step - 1, previous)
+    manager.wait_until_finished()
+    monitor.close()
+  finally:
+    watcher.close()
+    manager.close()
+  return state
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  train(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
