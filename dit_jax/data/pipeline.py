@@ -49,7 +49,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
 
   Args:
     data_cfg: `config.data` (source, name, data_dir, split, image_size, flip, num_workers,
-      latent_scale, vae).
+      latent_scale, vae; optional read_threads: grain's prefetch threads per process or
+      worker, default 16).
     global_batch_size: batch over all processes; each process yields global / process_count.
     seed: data seed (shuffle order and augmentation).
     process_index: this process (jax.process_index()).
@@ -76,7 +77,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   ds = ds.random_map(_augmentation(data_cfg, source_name), seed=int(map_seed))
   ds = ds.shuffle(seed=int(shuffle_seed))[:usable][process_index::process_count].repeat()
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  iter_ds = ds.to_iter_dataset()
+  read_threads = sources.field(data_cfg, "read_threads", 0)
+  iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads) if read_threads else None)
   num_workers = sources.field(data_cfg, "num_workers", 0)
   if num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
