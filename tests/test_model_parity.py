@@ -14,7 +14,6 @@ diffusers holds a copy of the timestep/label embedders in every block (all copie
 returns NCHW with the learned-sigma channels [eps, v] last, like the official layout.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -101,7 +100,7 @@ def test_matches_diffusers(reference, scan):
   model = _flax(scan)
   params = params_from_official(reference["state"], model)
   x_nhwc = reference["x"].transpose(0, 2, 3, 1)
-  ours = model.apply({"params": params}, x_nhwc, reference["t"], reference["y"])
+  ours = jax.jit(model.apply)({"params": params}, x_nhwc, reference["t"], reference["y"])
   want = reference["run"](reference["x"], reference["t"], reference["y"])
   assert ours.shape == want.shape == (4, SIZE, SIZE, 2 * CHANNELS)
   np.testing.assert_allclose(np.asarray(ours), want, atol=ATOL, rtol=0)
@@ -114,8 +113,9 @@ def test_forward_with_cfg_matches_official_formula(reference, guidance_channels)
   x, t = reference["x"], reference["t"]
   y = np.array([3, 9, CLASSES, CLASSES])  # [conditional half; null half]
   scale = 4.0
-  ours = model.apply({"params": params}, x.transpose(0, 2, 3, 1), t, y, scale,
-                     guidance_channels=guidance_channels, method=DiT.forward_with_cfg)
+  cfg = jax.jit(lambda p, *a: model.apply(p, *a, guidance_channels=guidance_channels,
+                                           method=DiT.forward_with_cfg))
+  ours = cfg({"params": params}, x.transpose(0, 2, 3, 1), t, y, scale)
   # Official forward_with_cfg: first half of x duplicated, guidance on channels [:g].
   out = reference["run"](np.concatenate([x[:2], x[:2]]), t, y)
   g = out.shape[-1] if guidance_channels is None else guidance_channels
