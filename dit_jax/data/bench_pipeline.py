@@ -10,7 +10,9 @@ of image and flip, the ImageNet layout) is written; without --image_dir syntheti
 (ImageNet's typical size) are written and ADM-cropped to 256.
 """
 import argparse
+import atexit
 import os
+import shutil
 import tempfile
 import time
 
@@ -87,21 +89,23 @@ def main(argv=None) -> None:
   from absl import flags  # grain's worker processes read absl flags
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-  with tempfile.TemporaryDirectory() as tmp:
-    cache = args.latents_dir or write_synthetic_cache(os.path.join(tmp, "latents"), 8 * args.batch_size)
-    images = args.image_dir or write_synthetic_jpegs(os.path.join(tmp, "images"), 512)
-    print(f"host: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
-          f"read_threads {args.read_threads}")
-    runs = [("latents 256 px (read + flip + posterior sample)", dict(source="latents", data_dir=cache, flip=True),
-             args.batch_size, args.num_batches),
-            (f"imagefolder (JPEG decode + ADM crop {args.image_size} + flip)",
-             dict(source="imagefolder", data_dir=images, image_size=args.image_size, flip=True),
-             args.image_batch_size, args.image_batches)]
-    for name, cfg, batch_size, batches in runs:
-      for workers in args.num_workers:
-        wall, cpu = measure(dict(cfg, num_workers=workers, read_threads=args.read_threads), batch_size, batches)
-        cpu_note = f" ({cpu:,.0f} per CPU-second)" if workers == 0 else ""
-        print(f"{name}, batch {batch_size}, num_workers={workers}: {wall:,.0f} samples/s per host{cpu_note}")
+  # Removed at exit, after grain's prefetch threads (still finishing in-flight batches) end.
+  tmp = tempfile.mkdtemp()
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+  cache = args.latents_dir or write_synthetic_cache(os.path.join(tmp, "latents"), 8 * args.batch_size)
+  images = args.image_dir or write_synthetic_jpegs(os.path.join(tmp, "images"), 512)
+  print(f"host: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
+        f"read_threads {args.read_threads}")
+  runs = [("latents 256 px (read + flip + posterior sample)", dict(source="latents", data_dir=cache, flip=True),
+           args.batch_size, args.num_batches),
+          (f"imagefolder (JPEG decode + ADM crop {args.image_size} + flip)",
+           dict(source="imagefolder", data_dir=images, image_size=args.image_size, flip=True),
+           args.image_batch_size, args.image_batches)]
+  for name, cfg, batch_size, batches in runs:
+    for workers in args.num_workers:
+      wall, cpu = measure(dict(cfg, num_workers=workers, read_threads=args.read_threads), batch_size, batches)
+      cpu_note = f" ({cpu:,.0f} per CPU-second)" if workers == 0 else ""
+      print(f"{name}, batch {batch_size}, num_workers={workers}: {wall:,.0f} samples/s per host{cpu_note}")
 
 
 if __name__ == "__main__":

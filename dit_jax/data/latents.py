@@ -114,7 +114,10 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
   u = rng.random(2 * half, dtype=np.float32)
   radius = np.sqrt(np.float32(-2.0) * np.log1p(-u[:half]))  # 1 - u is in (0, 1]
   angle = np.float32(2 * np.pi) * u[half:]
-  return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size].reshape(shape)
+  out = np.empty(2 * half, np.float32)
+  np.multiply(radius, np.cos(angle), out=out[:half])
+  np.multiply(radius, np.sin(angle), out=out[half:])
+  return out[:size].reshape(shape)
 
 
 class SampleLatents(grain.transforms.RandomMap):
@@ -128,8 +131,10 @@ class SampleLatents(grain.transforms.RandomMap):
     moments = element["moments"]
     which = int(rng.integers(2)) if self.flip else 0
     mean = moments[which, 0].astype(np.float32, copy=False)
-    std = np.exp(np.float32(0.5) * moments[which, 1].astype(np.float32, copy=False))
-    x = (mean + std * standard_normal(rng, mean.shape)) * np.float32(self.latent_scale)
+    x = standard_normal(rng, mean.shape)
+    x *= np.exp(np.float32(0.5) * moments[which, 1].astype(np.float32, copy=False))  # std
+    x += mean
+    x *= np.float32(self.latent_scale)
     return dict(x=x, y=element["y"], skipped=element["skipped"])
 
   def __repr__(self) -> str:
