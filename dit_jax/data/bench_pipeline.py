@@ -25,15 +25,15 @@ from dit_jax.data import latents
 DEFAULT_READ_THREADS = 16  # grain's ReadOptions default
 
 
-def write_synthetic_cache(cache_dir: str, num_records: int, latent_shape=(32, 32, 4)) -> str:
+def write_synthetic_cache(cache_dir: str, num_records: int, latent_shape=(32, 32, 4), dtype="float32") -> str:
   from array_record.python.array_record_module import ArrayRecordWriter  # local: tool-only
   latents.write_meta(cache_dir, dict(image_size=latent_shape[0] * latents.SD_VAE_FACTOR,
-                                     latent_shape=list(latent_shape), dtype="float32", num_shards=1))
+                                     latent_shape=list(latent_shape), dtype=dtype, num_shards=1))
   rng = np.random.RandomState(0)
   path = latents.shard_path(cache_dir, 0, 1)
   writer = ArrayRecordWriter(path, latents.WRITER_OPTIONS)
   for i in range(num_records):
-    moments = rng.normal(size=(2, 2, *latent_shape)).astype(np.float32)
+    moments = rng.normal(size=(2, 2, *latent_shape)).astype(dtype)
     writer.write(latents.encode_record(i % 1000, moments))
   writer.close()
   with open(path + latents.DONE_SUFFIX, "w") as f:
@@ -76,6 +76,8 @@ def measure(data_cfg: dict, batch_size: int, num_batches: int) -> tuple[float, f
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--latents_dir", default="", help="existing cache (default: synthetic)")
+  parser.add_argument("--latents_dtype", default="float32", choices=["float32", "float16"],
+                      help="storage dtype of the synthetic cache")
   parser.add_argument("--image_dir", default="", help="existing image folder (default: synthetic)")
   parser.add_argument("--image_size", type=int, default=256)
   parser.add_argument("--batch_size", type=int, default=256)
@@ -92,11 +94,12 @@ def main(argv=None) -> None:
   # Removed at exit, after grain's prefetch threads (still finishing in-flight batches) end.
   tmp = tempfile.mkdtemp()
   atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-  cache = args.latents_dir or write_synthetic_cache(os.path.join(tmp, "latents"), 8 * args.batch_size)
+  cache = args.latents_dir or write_synthetic_cache(
+      os.path.join(tmp, "latents"), 8 * args.batch_size, dtype=args.latents_dtype)
   images = args.image_dir or write_synthetic_jpegs(os.path.join(tmp, "images"), 512)
   print(f"host: {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; "
         f"read_threads {args.read_threads}")
-  runs = [("latents 256 px (read + flip + posterior sample)", dict(source="latents", data_dir=cache, flip=True),
+  runs = [(f"latents 256 px {args.latents_dtype} (read + flip + posterior sample)", dict(source="latents", data_dir=cache, flip=True),
            args.batch_size, args.num_batches),
           (f"imagefolder (JPEG decode + ADM crop {args.image_size} + flip)",
            dict(source="imagefolder", data_dir=images, image_size=args.image_size, flip=True),

@@ -75,7 +75,7 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   shuffle_seed, map_seed = np.random.SeedSequence(seed).generate_state(_NUM_SEEDS)
   ds = grain.MapDataset.source(source)
   ds = ds.random_map(_augmentation(data_cfg, source_name), seed=int(map_seed))
-  ds = ds.shuffle(seed=int(shuffle_seed))[:usable][process_index::process_count].repeat()
+  ds = ds.shuffle(seed=int(shuffle_seed))[process_index:usable:process_count].repeat()
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
   read_threads = sources.field(data_cfg, "read_threads", 0)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads) if read_threads else None)
