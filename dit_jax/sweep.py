@@ -300,6 +300,7 @@ def write_report(rows: list[dict], out_dir: str) -> dict[str, float]:
       grid_x = np.geomspace(x.min(), x.max(), 50)
       ax.loglog(grid_x, a * grid_x**b, "--", label=f"fit: {a:.3g} x^{b:.3f}")
       ax.set(xlabel=x_label, ylabel=label, title=f"{label}\nexponent {b:.3f}")
+      ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # overlapping labels
       ax.legend(fontsize=8)
     fig.tight_layout()
     with (out / f"vs_{x_key}.png").open("wb") as f:
