@@ -4,9 +4,10 @@ Order matters for three guarantees:
 - Augmentation randomness (flip, posterior noise) is seeded by the element's global index
   (epoch * N + source index), because the random map sits directly on the source: the same
   example in the same epoch gets the same augmentation whatever the process count.
-- The shuffle is global (same seed everywhere, reshuffled every epoch); each epoch is cut to a
-  multiple of the process count and then strided, so process shards are disjoint, equal in size
-  and cover the epoch, and all processes advance epochs in lockstep.
+- The shuffle is global (same seed everywhere, reshuffled every epoch) and the stream is
+  batched per process, whole batches dealt round-robin to the processes: process p's batch is rows
+  [p*B/P, (p+1)*B/P) of the batch a single process would read, so shards are disjoint and the
+  global batches (hence the trained model) do not depend on the process count.
 - Everything is index-based (MapDataset), so the iterator state is a position: `get_state()` /
   `set_state()` (or Orbax's grain CheckpointSave) resume with exactly the next batch.
 """
@@ -75,8 +76,9 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   shuffle_seed, map_seed = np.random.SeedSequence(seed).generate_state(_NUM_SEEDS)
   ds = grain.MapDataset.source(source)
   ds = ds.random_map(_augmentation(data_cfg, source_name), seed=int(map_seed))
-  ds = ds.shuffle(seed=int(shuffle_seed))[process_index:usable:process_count].repeat()
+  ds = ds.shuffle(seed=int(shuffle_seed)).repeat()
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
+  ds = ds[process_index::process_count]
   read_threads = sources.field(data_cfg, "read_threads", 0)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads) if read_threads else None)
   num_workers = sources.field(data_cfg, "num_workers", 0)
