@@ -25,8 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True,
       dtype="float32", param_dtype="float32")
-  config.num_train_steps = 3000
-  config.global_batch_size = 128
+  config.num_train_steps = 2500
+  config.global_batch_size = 64
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"  # "constant" | "cosine" | "linear" (decay after warmup)
   config.end_learning_rate_factor = 0.1
@@ -50,13 +50,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
 
-  config.checkpoint_every_steps = 1000
+  config.checkpoint_every_steps = 500
   config.keep_checkpoints = 3
   config.keep_period = 0  # also keep every checkpoint whose step is a multiple of this (0: off)
   config.init_from = ""  # workdir or checkpoints/ dir of another run: start from its weights
   config.init_from_step = -1  # -1: its latest step
   config.log_every_steps = 100
-  config.sample_every_steps = 1000  # EMA sample grid to TensorBoard + PNG (0: off)
+  config.sample_every_steps = 1250  # EMA sample grid to TensorBoard + PNG (0: off)
   config.sample_grid_steps = 50  # sampling steps used for that grid (respaced)
   config.profile_steps = 0  # >0: trace this many steps with the JAX profiler after warm-up
 

@@ -152,6 +152,7 @@ class TrainMonitor:
       out_dir.mkdir(parents=True, exist_ok=True)
       with (out_dir / f"step_{step:08d}.png").open("wb") as f:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+    self._window_start = (step, time.perf_counter())  # keep sampling out of the throughput
 
   def close(self) -> None:
     self.writer.flush()

@@ -41,7 +41,6 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --coordinat
 # Environment variables that mean "this is one process of a multi-host job", for which
 # jax.distributed.initialize() finds its parameters by itself.
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-_TPU_MULTIHOST_VARS = ("MEGASCALE_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")
 _TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 BATCH_KEYS = ("x", "y", "skipped")
 _QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
@@ -60,19 +59,27 @@ def _on_tpu_vm() -> bool:
 
 
 def _in_multihost_cluster() -> bool:
-  if any(int(os.environ.get(v, "1") or 1) > 1 for v in _CLUSTER_SIZE_VARS):
-    return True
-  return any("," in os.environ.get(v, "") or (v.startswith("MEGA") and os.environ.get(v))
-             for v in _TPU_MULTIHOST_VARS)
+  sizes = (int(os.environ.get(v) or 1) for v in _CLUSTER_SIZE_VARS)
+  return (any(n > 1 for n in sizes) or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+          or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""))
 
 
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
-  """Starts jax.distributed when this is one process of several (explicitly or detected)."""
+  """Starts jax.distributed when this is one process of several (explicitly or detected).
+
+  On a TPU VM jax.distributed finds the pod's hosts itself (one host works too); if that
+  auto-detection fails there, the run continues as a single process.
+  """
   if coordinator_address:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
-  elif _in_multihost_cluster() or _on_tpu_vm():
+  elif _in_multihost_cluster():
     jax.distributed.initialize()
+  elif _on_tpu_vm():
+    try:
+      jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:
+      logging.warning("jax.distributed not started (%s); running as one process.", e)
 
 
 def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
