@@ -30,17 +30,23 @@ from dit_jax import bench, config_checks, flops, sharding, train_state
 CHIP_CONFIGS = {"v4": "megacore", "v5e": "default", "v5p": "default", "v6e": "default"}
 
 GIB = 1024**3
-# HBM per JAX device (= per chip for the families above), in GiB, from the Cloud TPU system
-# architecture pages (cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}): v4 "32 GiB"; v5e "16 GB";
-# v5p "95 GB"; v6e "32 GB". Keys are jax `device_kind` strings of compile-only devices.
-HBM_GIB_PER_DEVICE = {
-    "TPU v4": 32,
-    "TPU v5 lite": 16,
-    "TPU v5": 95,
-    "TPU v5p": 95,
-    "TPU v6 lite": 32,
+# Per JAX device (= per chip for the families above): HBM in GiB and HBM bandwidth in bytes/s,
+# from the Cloud TPU system architecture pages (cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}):
+# v4 "32 GiB, 1200 GBps"; v5e "16 GB, 819 GBps"; v5p "95 GB, 2765 GBps"; v6e "32 GB, 1638 GBps".
+# Keys are the `device_kind` strings of compile-only devices.
+CHIP_MEMORY = {
+    "TPU v4": (32, 1200e9),
+    "TPU v5 lite": (16, 819e9),
+    "TPU v5": (95, 2765e9),
+    "TPU v5p": (95, 2765e9),
+    "TPU v6 lite": (32, 1638e9),
 }
 ESTIMATE_LABEL = "compiler estimate (XLA cost model), not a measurement"
+UNDERCOUNT_FRACTION = 0.5
+# XLA's TPU cost model returns a negative optimal_seconds when it cannot cost some ops (seen with
+# the async all-gathers of FSDP); then the estimate falls back to this per-chip roofline.
+ROOFLINE_LABEL = ("roofline lower bound max(compiler flops / peak, compiler bytes accessed / HBM "
+                  "bandwidth), communication not counted; not a measurement")
 
 
 @dataclasses.dataclass
@@ -62,11 +68,13 @@ class AotReport:
   fits: bool | None
   compile_s: float
   compiler_flops_per_chip: float | None
+  compiler_bytes_accessed_per_chip: float | None
+  compiler_optimal_seconds: float | None
   estimated_step_s: float | None
   estimated_images_per_s_per_chip: float | None
   estimated_mfu: float | None
   model_gflops_per_image: float
-  estimate_note: str = ESTIMATE_LABEL
+  estimate_note: str
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
@@ -125,18 +133,38 @@ def compile_for_topology(config, topology: str, num_slices: int = 1) -> AotRepor
   return _report(config, topology, num_slices, mesh, compiled, timer.elapsed())
 
 
+def _estimate_step_s(cost: dict, kind: str, model_flops: float,
+                     scanned: bool) -> tuple[float | None, str]:
+  """(step seconds, how it was estimated) from the compiler's per-chip cost analysis.
+
+  XLA's cost analysis counts a loop body once, so with ``scanned`` blocks (nn.scan), or a count
+  far below ``model_flops`` (the paper-convention FLOPs per chip and step), it is unusable.
+  """
+  if scanned or cost.get("flops", 0.0) < UNDERCOUNT_FRACTION * model_flops:
+    return None, ("no estimate: XLA's cost analysis counts loop bodies once (scan_blocks=True) "
+                  "or counted fewer FLOPs than the model has; compile unrolled for estimates")
+  optimal = cost.get("optimal_seconds")
+  if optimal is not None and optimal > 0:
+    return float(optimal), ESTIMATE_LABEL
+  peak = flops.peak_flops_per_device(kind)
+  bandwidth = CHIP_MEMORY.get(kind, (None, None))[1]
+  if not (peak and bandwidth and cost.get("flops")):
+    return None, "no estimate: the compiler gave none and the chip's peaks are unknown"
+  return max(cost["flops"] / peak, cost.get("bytes accessed", 0.0) / bandwidth), ROOFLINE_LABEL
+
+
 def _report(config, topology, num_slices, mesh, compiled, compile_s) -> AotReport:
   mem = compiled.memory_analysis()
   kind = mesh.devices.flat[0].device_kind
   chips = mesh.devices.size
   total = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
            + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
-  hbm = HBM_GIB_PER_DEVICE.get(kind)
+  hbm = CHIP_MEMORY.get(kind, (None, None))[0]
   hbm_bytes = None if hbm is None else hbm * GIB
   cost = _cost(compiled)
-  step_s = cost.get("optimal_seconds")
-  step_s = float(step_s) if step_s and step_s > 0 else None
   gflops = bench.model_gflops(config)
+  step_s, note = _estimate_step_s(cost, kind, 6 * gflops * 1e9 * config.global_batch_size / chips,
+                                  bool(config.model.get("scan_blocks", False)))
   images_per_chip = None if step_s is None else config.global_batch_size / step_s / chips
   mfu = None
   if images_per_chip is not None:
@@ -149,8 +177,10 @@ def _report(config, topology, num_slices, mesh, compiled, compile_s) -> AotRepor
       generated_code_bytes=mem.generated_code_size_in_bytes, total_bytes=total,
       hbm_bytes=hbm_bytes, fits=None if hbm_bytes is None else total <= hbm_bytes,
       compile_s=compile_s, compiler_flops_per_chip=cost.get("flops"),
-      estimated_step_s=step_s, estimated_images_per_s_per_chip=images_per_chip,
-      estimated_mfu=mfu, model_gflops_per_image=gflops)
+      compiler_bytes_accessed_per_chip=cost.get("bytes accessed"),
+      compiler_optimal_seconds=cost.get("optimal_seconds"), estimated_step_s=step_s,
+      estimated_images_per_s_per_chip=images_per_chip, estimated_mfu=mfu,
+      model_gflops_per_image=gflops, estimate_note=note)
 
 
 def format_report(r: AotReport) -> str:
@@ -168,10 +198,14 @@ def format_report(r: AotReport) -> str:
       f"  generated code   {gib(r.generated_code_bytes)}",
       f"  total            {gib(r.total_bytes)}  of HBM {hbm} -> "
       f"{ {True: 'FITS', False: 'DOES NOT FIT', None: 'unknown'}[r.fits] }",
-      f"{ESTIMATE_LABEL}:",
+      f"{r.estimate_note}:",
   ]
+  if r.compiler_flops_per_chip:
+    model = 6 * r.model_gflops_per_image * 1e9 * r.global_batch_size / r.num_chips
+    lines.append(f"  compiler FLOPs per chip per step {r.compiler_flops_per_chip / 1e12:.3f} T "
+                 f"(model, paper convention: {model / 1e12:.3f} T)")
   if r.estimated_step_s is None:
-    lines.append("  the compiler reported no step time estimate")
+    lines.append("  no step time estimate")
   else:
     mfu = "n/a" if r.estimated_mfu is None else f"{100 * r.estimated_mfu:.1f}%"
     lines += [

@@ -14,7 +14,9 @@ batch convention: conditional half + null-label half), first call (compile) excl
 
 Reported: images/s, step time (mean, std, min, median, max), TFLOP/s per device, MFU against the
 bf16 datasheet peak of the device kind (``dit_jax.flops``; None on CPUs), peak device memory
-(``memory_stats()`` where the backend has it), compile time and versions. FLOPs follow the
+(``memory_stats()`` where the backend has it), compile time and versions. Train mode also gives
+the process CPU seconds per step: on a shared CPU machine that, unlike wall time, barely depends
+on other jobs, so CPU regressions stay visible (on accelerators it is the host's overhead). FLOPs follow the
 paper: forward Gflops per image = ``dit_gflops`` (multiply-accumulates); a training step is
 3 x 2 x that per image, a guided sampling step 2 (halves) x 2 x that per sampled image.
 
@@ -143,6 +145,8 @@ def _prepare(config, batch_per_device: int):
 
 def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dict:
   """Times ``steps`` train steps after compile and ``warmup`` steps; returns the result dict."""
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
   mesh, _ = _prepare(config, batch_per_device)
   rng = jax.random.key(config.seed)  # the step folds in state.step itself
   _, state_shardings = train_state.abstract_train_state(config, mesh)
@@ -154,16 +158,19 @@ def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dic
   compile_s = timer.elapsed()
   times = []
   for i in range(warmup + steps):
+    if i == warmup:
+      cpu_start = time.process_time()
     timer = Timer()
     state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     if i >= warmup:
       times.append(timer.elapsed())
+  cpu_per_step = (time.process_time() - cpu_start) / steps
   gflops = model_gflops(config)
   stats = summarize(times)
   tp = throughput(config.global_batch_size, stats["mean"], 3 * 2 * gflops * 1e9)
   return _result("train", config, mesh, batch_per_device, steps, warmup, compile_s, stats, tp, gflops,
-                 loss=float(metrics["loss"]))
+                 loss=float(metrics["loss"]), process_cpu_s_per_step=cpu_per_step)
 
 
 def run_sample(config, batch_per_device: int, repeats: int, num_steps: int = 250,
@@ -245,7 +252,9 @@ def format_result(r: dict) -> str:
       f"n={st['n']})",
       f"  TFLOP/s per device {r['tflops_per_s_per_device']:.4g}, MFU {mfu} "
       f"(forward {r['model_gflops_per_image']:.4g} Gflops/image)",
-      f"  compile {r['compile_s']:.2f} s, peak device memory {mem}",
+      f"  compile {r['compile_s']:.2f} s, peak device memory {mem}"
+      + (f", process CPU {r['process_cpu_s_per_step']:.3f} s/step"
+         if "process_cpu_s_per_step" in r else ""),
       "  " + ", ".join(f"{k} {v[k]}" for k in VERSION_KEYS if k in v),
   ])
 

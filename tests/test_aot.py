@@ -4,8 +4,9 @@ Compiles the tiny "smoke" config (width 128, so TPU tile padding stays small) fo
 (4 compile-only chips, libtpu) and checks the per-chip memory against the state's size computed
 from the parameter count (params, EMA and Adam's two moments, float32, replicated over a
 data-parallel mesh; donated, so aliased), the
-datasheet HBM of v5e (16 GB), and that the compiler's estimates are positive and labeled. Errors:
-unknown topologies, and configs that cannot be sharded on the slice, fail before compiling.
+datasheet HBM of v5e (16 GB), and that the compiler's estimates are positive and labeled, or
+absent when XLA counted a scanned block only once. Errors: unknown topologies, and configs that
+cannot be sharded on the slice, fail before compiling.
 """
 import importlib.util
 import pathlib
@@ -70,3 +71,13 @@ def test_mesh_product_mismatch_fails_before_compiling():
   config.mesh.update(data=3, fsdp=1, tensor=1)
   with pytest.raises(config_checks.ConfigError, match="config.mesh"):
     aot.compile_for_topology(config, TOPOLOGY)
+
+
+def test_scanned_blocks_give_no_estimate():
+  """XLA's cost analysis counts a scanned block once: the tool must not turn that into a speed."""
+  config = smoke_config()
+  config.model.scan_blocks = True
+  r = aot.compile_for_topology(config, TOPOLOGY)
+  assert r.fits is True and r.compiler_flops_per_chip > 0
+  assert r.estimated_step_s is None and r.estimated_mfu is None
+  assert "loop bodies once" in r.estimate_note
