@@ -11,6 +11,7 @@ killed midway leaves a `*.orbax-checkpoint-tmp` directory that Orbax ignores, so
 Restores take abstract targets (jax.ShapeDtypeStruct with a sharding), so a checkpoint written
 on one mesh or device count is read straight into the shards of another.
 """
+import os
 import signal
 from typing import Any
 
@@ -43,8 +44,12 @@ ocp.type_handlers.register_type_handler(
 
 
 def checkpoint_dir(path: str) -> epath.Path:
-  """The Orbax directory for `path`: a workdir (-> WORKDIR/checkpoints) or that directory itself."""
-  path = epath.Path(path)
+  """The Orbax directory for `path`: a workdir (-> WORKDIR/checkpoints) or that directory itself.
+
+  A local relative path is made absolute (Orbax's array writer refuses relative ones).
+  """
+  path = str(path)
+  path = epath.Path(path if "://" in path else os.path.abspath(path))
   return path if path.name == CHECKPOINT_SUBDIR else path / CHECKPOINT_SUBDIR
 
 
