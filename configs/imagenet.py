@@ -81,11 +81,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.diffusion = dict(
       objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,
       predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
-      timestep_respacing="")
+      timestep_respacing="",
+      # Flow matching only (objective="flow"): t ~ uniform or logit-normal, SD3's time shift.
+      t_sampling="uniform", logit_mean=0.0, logit_std=1.0, time_shift=1.0)
   config.data = dict(
       source=args["source"], name="imagenet2012", data_dir="", split="train", image_size=res,
       flip=True, num_workers=8, latent_scale=VAE_LATENT_SCALE, vae="")
-  config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5)
+  # guidance "official": CFG on output channels 0..2, as the released code (and its FIDs) do.
+  config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5, guidance="official")
 
   config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
+GUIDANCE = ("official", "all")  # dit_jax.sample.GUIDANCE_CHANNELS
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -95,6 +96,21 @@ def _check_training(config) -> None:
     raise ConfigError(f"config.warmup_steps={config.warmup_steps} must be >= 0.")
 
 
+def _check_sampling(config) -> None:
+  """The sample section must suit the objective: training samples grids with it, mid-run."""
+  from dit_jax.diffusion.objective import SAMPLERS  # local: as the model import above
+  objective = config.diffusion.get("objective", "gaussian")
+  sample_cfg = config.get("sample") or {}
+  sampler = sample_cfg.get("sampler", "ddpm")
+  if sampler not in SAMPLERS[objective]:
+    raise ConfigError(
+        f"config.sample.sampler={sampler!r} does not go with config.diffusion.objective="
+        f"{objective!r}; use one of {SAMPLERS[objective]}.")
+  guidance = sample_cfg.get("guidance") or "official"
+  if guidance not in GUIDANCE:
+    raise ConfigError(f"config.sample.guidance={guidance!r} is not one of {GUIDANCE}.")
+
+
 def _check_data(config) -> None:
   from dit_jax import data  # local: the data package pulls in grain
   kw = model_kwargs(config.model.to_dict())
@@ -119,5 +135,6 @@ def validate(config, *, num_devices: int, process_count: int = 1, check_data: bo
   _check_training(config)
   _check_model(config)
   _check_mesh_and_batch(config, num_devices, process_count)
+  _check_sampling(config)
   if check_data:
     _check_data(config)

@@ -139,11 +139,12 @@ def _global_array(values: np.ndarray, mesh) -> jax.Array:
 
 
 def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sampler=None,
-                    num_steps=None, cfg_scale=None, guidance="official", batch_size=None,
+                    num_steps=None, cfg_scale=None, guidance=None, batch_size=None,
                     mesh=None, vae_dir=None, progress=False):
   """Yields (start, uint8 images) batch by batch for samples 0..len(labels)-1, on every process.
 
-  Defaults (sampler, num_steps, cfg_scale) come from ``config.sample``. ``params`` are the EMA
+  Defaults (sampler, num_steps, cfg_scale, guidance) come from ``config.sample`` (guidance:
+  "official" where the config does not say). ``params`` are the EMA
   weights, e.g. from ``checkpoint.restore_ema_params``. The last batch is padded (padding is
   computed and dropped), so every batch compiles to the same program.
   """
@@ -151,6 +152,7 @@ def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sample
   sampler = sampler or sample_cfg.get("sampler", "ddpm")
   num_steps = num_steps or sample_cfg.get("num_sampling_steps", 250)
   cfg_scale = sample_cfg.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
+  guidance = guidance or sample_cfg.get("guidance") or "official"
   mesh = mesh or sharding.create_mesh({"data": -1})
   shards = sharding.batch_shard_count(mesh)
   num = len(labels)
@@ -331,9 +333,10 @@ def define_flags() -> None:
   flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_integer("batch_size", None, "Global batch size (a multiple of the device count).")
-  flags.DEFINE_enum("guidance", "official", list(GUIDANCE_CHANNELS),
+  flags.DEFINE_enum("guidance", None, list(GUIDANCE_CHANNELS),
                     "CFG on the first 3 output channels as the released code ('official') or on "
-                    "all prediction channels ('all').")
+                    "all prediction channels ('all'); default config.sample.guidance, else "
+                    "'official'.")
   flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
   flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
                     "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")

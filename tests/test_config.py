@@ -25,8 +25,10 @@ def test_configs_have_the_contract_fields_and_validate(config):
     assert name in config, name
   for name in ("data", "fsdp", "tensor", "dcn_data", "dcn_fsdp", "dcn_tensor"):
     assert name in config.mesh
-  for name in ("sampler", "num_sampling_steps", "cfg_scale"):
+  for name in ("sampler", "num_sampling_steps", "cfg_scale", "guidance"):
     assert name in config.sample
+  for name in ("t_sampling", "logit_mean", "logit_std", "time_shift"):  # settable by flags
+    assert name in config.diffusion
   config_checks.validate(config, num_devices=8, check_data=config.data.source == "digits")
 
 
@@ -68,6 +70,10 @@ def _smoke():
     (lambda c: c.data.update(image_size=16), 8, 1, "config.data"),
     (lambda c: setattr(c, "ema_decay", 1.5), 8, 1, "config.ema_decay"),
     (lambda c: setattr(c, "lr_schedule", "step"), 8, 1, "config.lr_schedule"),
+    (lambda c: c.diffusion.update(objective="flow", learn_sigma=False), 8, 1,
+     "config.sample.sampler"),  # a flow run with the Gaussian sampler would fail at its first grid
+    (lambda c: c.sample.update(sampler="euler"), 8, 1, "config.sample.sampler"),
+    (lambda c: c.sample.update(guidance="some"), 8, 1, "config.sample.guidance"),
 ])
 def test_config_errors_name_the_field(mutate, num_devices, process_count, field):
   config = _smoke()
