@@ -4,7 +4,9 @@ Per log window: the step metrics averaged over the window (loss, mse, vb, learni
 gradient and parameter norms, skipped inputs), throughput (steps/s, images/s), TFLOP/s per device
 and MFU from `dit_jax.flops` (training = 3 x forward, 2 FLOPs per multiply-accumulate), and
 clu's ReportProgress (steps/s, ETA). Optionally a profiler window and a grid of EMA samples
-(TensorBoard image + PNG under WORKDIR/samples/).
+(TensorBoard image + PNG under WORKDIR/samples/); for the digits source the grid is also scored
+with `dit_jax.quality` (eval/accuracy, eval/fd, eval/variety_ratio), so sample quality is
+tracked during training.
 """
 import logging
 import time
@@ -23,6 +25,8 @@ GRID_COLUMNS = 8
 GRID_MAX_CLASSES = 10
 TRAIN_FLOPS_PER_FORWARD_MAC = 3 * 2  # forward + 2x backward; a MAC is 2 FLOPs
 _NOT_AVERAGED = ("finite", "skipped")
+DIGITS_SOURCE = "digits"
+EVAL_SCALARS = ("accuracy", "fd", "variety_ratio")
 
 
 def flatten_config(config) -> dict:
@@ -123,6 +127,8 @@ class TrainMonitor:
 
     Rows are classes 0..min(num_classes, 10)-1; sampling uses config.sample.sampler with
     config.sample_grid_steps steps, no guidance. Skipped for latent models (no decoder here).
+    Digits runs also log the grid's quality scores (8 samples per class: a coarse monitor; the
+    sample command scores as many samples as asked).
     """
     if self.model.in_channels not in (1, 3):
       logging.info("Sample grid skipped: %d-channel latents need the VAE decoder (dit_jax.sample).",
@@ -145,9 +151,14 @@ class TrainMonitor:
         self.config.diffusion, self._sample_fn, noise, rng, sampler=self.config.sample.sampler,
         num_steps=self.config.sample_grid_steps, model_kwargs=dict(params=ema_params, y=labels))
     samples = jax.jit(lambda s: s, out_shardings=replicated)(samples)
-    grid = image_grid(np.asarray(samples.addressable_data(0)))
+    samples = np.asarray(samples.addressable_data(0))
+    grid = image_grid(samples)
     if self.is_chief:
       self.writer.write_images(step, {"samples/ema": grid[None]})
+      if (self.config.data.get("source") or "") == DIGITS_SOURCE:
+        from dit_jax import quality  # local: only digits runs need the classifier
+        scores = quality.digits_quality(samples, np.asarray(labels))
+        self.writer.write_scalars(step, {f"eval/{k}": scores[k] for k in EVAL_SCALARS})
       out_dir = self.workdir / SAMPLES_SUBDIR
       out_dir.mkdir(parents=True, exist_ok=True)
       with (out_dir / f"step_{step:08d}.png").open("wb") as f:
