@@ -8,7 +8,7 @@ Config fields can be overridden on the command line (`--config.num_train_steps=5
 The loop: validate the config (before anything compiles) -> build the mesh -> resume from
 WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
-assembled from each process's share -> metrics, EMA sample grids and async checkpoints on their
+assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) -> metrics, EMA sample grids and async checkpoints on their
 schedules. SIGTERM (preemption) saves at the current step and exits 0; a non-finite loss raises
 FloatingPointError naming the step (the bad update is never applied or saved).
 """
@@ -43,6 +43,8 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --coordinat
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 _TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 BATCH_KEYS = ("x", "y", "skipped")
+LATENT_SOURCE = "latents"
+ENCODER_RNG_STREAM = 1  # fold_in stream of the seed key for on-the-fly VAE posterior noise
 _QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
 
 
@@ -87,6 +89,22 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
   batch_sharding = sharding.batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[k]))
           for k in BATCH_KEYS if k in local_batch}
+
+
+def make_latent_encoder(config, mesh: jax.sharding.Mesh):
+  """On-the-fly SD-VAE encoding for a pixel source with `config.data.vae` set, as DiT's
+  train.py does without a latent cache: returns `encode(batch, step) -> batch` with `x` replaced
+  by a posterior sample x latent_scale, or None when the data are already what the model sees.
+  The posterior noise of step s comes from fold_in(key, s), so a resumed run is bit-identical.
+  """
+  data_cfg = config.data
+  if not data_cfg.get("vae") or data_cfg.get("source") == LATENT_SOURCE:
+    return None
+  from dit_jax.models import vae  # local: pixel and latent-cache runs need no VAE
+  encode = vae.make_encode_fn(data_cfg.vae, latent_scale=data_cfg.get("latent_scale") or None,
+                              mesh=mesh)
+  key = jax.random.fold_in(jax.random.key(config.seed), ENCODER_RNG_STREAM)
+  return lambda batch, step: dict(batch, x=encode(batch["x"], jax.random.fold_in(key, step)))
 
 
 def check_finite(step: int, metrics: dict) -> None:
@@ -141,12 +159,15 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
     state = _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng)
     step = int(jax.device_get(state.step))
     train_step = ts.jit_train_step(config, mesh, state_shardings)
+    encode = make_latent_encoder(config, mesh)
     monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)
     if step == 0:
       monitor.write_hparams()
     start_step, previous = step, None
     while step < config.num_train_steps:
       batch = global_batch(next(data_iterator), mesh)
+      if encode is not None:
+        batch = encode(batch, step)
       state, step_metrics = train_step(state, batch, train_rng)
       if previous is not None:
         check_finite(step - 1, previous)  # one step behind, so the host never stalls the device

@@ -7,6 +7,7 @@ downsampling by a stride-2 conv after an asymmetric (0, 1) pad of H and W, neare
 upsampling, a single-head attention in the mid blocks, and the posterior logvar clamped to
 [-30, 20]. DiT trains on `sample * 0.18215` of this VAE's posterior.
 """
+import functools
 import json
 import math
 import os
@@ -15,6 +16,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from dit_jax import sharding
 
 CONV_IN = "conv_in"  # logical axis of a conv/linear's input channels
 CONV_OUT = "conv_out"  # logical axis of its output channels
@@ -235,20 +238,27 @@ def latent_shape(vae_dir: str, image_size: int) -> tuple[int, int, int]:
   return (side, side, model.latent_channels)
 
 
-def make_encode_fn(vae_dir: str, dtype: Any = jnp.float32, latent_scale: float | None = None) -> Callable:
+def make_encode_fn(vae_dir: str, dtype: Any = jnp.float32, latent_scale: float | None = None,
+                   mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Loads a converted VAE and returns jitted `fn(images, rng) -> scaled latents`.
 
-  `images` are NHWC in [-1, 1] (any batch sharding; the params are replicated); the result is a
-  posterior sample times `latent_scale` (default: the VAE config's scaling_factor, 0.18215),
-  as DiT's training script computes on the fly.
+  `images` are NHWC in [-1, 1]; the result is a posterior sample times `latent_scale` (default:
+  the VAE config's scaling_factor, 0.18215), as DiT's training script computes on the fly. With
+  a `mesh` the parameters are replicated on it once and the latents come out batch-sharded over
+  (data, fsdp) like the training batch; the parameters are an argument of the jitted function,
+  never constants baked into the program.
   """
   from dit_jax.models import vae_weights  # local: vae_weights imports this module
   model, params = vae_weights.load_vae(vae_dir, dtype=dtype)
   scale = model.scaling_factor if latent_scale is None else latent_scale
+  out_sharding = None
+  if mesh is not None:
+    params = jax.device_put(params, sharding.replicated(mesh))
+    out_sharding = sharding.batch_sharding(mesh)
 
-  @jax.jit
-  def encode(images, rng):
-    mean, logvar = model.apply({"params": params}, images, method=AutoencoderKL.encode)
+  @functools.partial(jax.jit, out_shardings=out_sharding)
+  def encode(vae_params, images, rng):
+    mean, logvar = model.apply({"params": vae_params}, images, method=AutoencoderKL.encode)
     return sample_posterior(mean, logvar, rng) * scale
 
-  return encode
+  return functools.partial(encode, params)
