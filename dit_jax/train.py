@@ -8,8 +8,8 @@ Config fields can be overridden on the command line (`--config.num_train_steps=5
 The loop: validate the config (before anything compiles) -> build the mesh -> resume from
 WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
-assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) -> metrics, EMA sample grids and async checkpoints on their
-schedules. SIGTERM (preemption) saves at the current step and exits 0; a non-finite loss raises
+assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
+metrics, EMA sample grids and async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and exits 0; a non-finite loss raises
 FloatingPointError naming the step (the bad update is never applied or saved).
 """
 import glob
