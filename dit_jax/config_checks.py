@@ -9,7 +9,6 @@ from typing import Any, Mapping
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
-GUIDANCE = ("official", "all")  # dit_jax.sample.GUIDANCE_CHANNELS
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -98,7 +97,8 @@ def _check_training(config) -> None:
 
 def _check_sampling(config) -> None:
   """The sample section must suit the objective: training samples grids with it, mid-run."""
-  from dit_jax.diffusion.objective import SAMPLERS  # local: as the model import above
+  from dit_jax.diffusion.guidance import GUIDANCE_MODES  # local: as the model import above
+  from dit_jax.diffusion.objective import SAMPLERS
   objective = config.diffusion.get("objective", "gaussian")
   sample_cfg = config.get("sample") or {}
   sampler = sample_cfg.get("sampler", "ddpm")
@@ -107,8 +107,9 @@ def _check_sampling(config) -> None:
         f"config.sample.sampler={sampler!r} does not go with config.diffusion.objective="
         f"{objective!r}; use one of {SAMPLERS[objective]}.")
   guidance = sample_cfg.get("guidance") or "official"
-  if guidance not in GUIDANCE:
-    raise ConfigError(f"config.sample.guidance={guidance!r} is not one of {GUIDANCE}.")
+  if guidance not in GUIDANCE_MODES:
+    raise ConfigError(
+        f"config.sample.guidance={guidance!r} is not one of {tuple(GUIDANCE_MODES)}.")
 
 
 def _check_data(config) -> None:

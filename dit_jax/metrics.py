@@ -19,13 +19,13 @@ from PIL import Image
 
 from dit_jax import flops
 from dit_jax import sharding
+from dit_jax.data import sources
 
 SAMPLES_SUBDIR = "samples"
 GRID_COLUMNS = 8
 GRID_MAX_CLASSES = 10
 TRAIN_FLOPS_PER_FORWARD_MAC = 3 * 2  # forward + 2x backward; a MAC is 2 FLOPs
 _NOT_AVERAGED = ("finite", "skipped")
-DIGITS_SOURCE = "digits"
 EVAL_SCALARS = ("accuracy", "fd", "variety_ratio")
 
 
@@ -155,7 +155,7 @@ class TrainMonitor:
     grid = image_grid(samples)
     if self.is_chief:
       self.writer.write_images(step, {"samples/ema": grid[None]})
-      if (self.config.data.get("source") or "") == DIGITS_SOURCE:
+      if self.config.data.get("source") == sources.SOURCE_DIGITS:
         from dit_jax import quality  # local: only digits runs need the classifier
         scores = quality.digits_quality(samples, np.asarray(labels))
         self.writer.write_scalars(step, {f"eval/{k}": scores[k] for k in EVAL_SCALARS})

@@ -28,10 +28,9 @@ from jax.experimental import multihost_utils
 
 from dit_jax import checkpoint, diffusion, sharding
 from dit_jax import train_state as ts
+from dit_jax.data import sources
 
-GUIDANCE_CHANNELS = {"official": diffusion.guidance.OFFICIAL_GUIDANCE_CHANNELS, "all": None}
-LATENT_SOURCE = "latents"
-DIGITS_SOURCE = "digits"
+GUIDANCE_CHANNELS = diffusion.guidance.GUIDANCE_MODES
 DEFAULT_BATCH_SIZE = 256
 GRID_MAX_SAMPLES = 100
 GRID_MIN_CELL_PX = 32  # small images (8x8 digits) are enlarged so the grid is legible
@@ -64,7 +63,7 @@ def to_uint8(images: jax.Array) -> jax.Array:
 
 def is_latent(config) -> bool:
   data = config.get("data") or {}
-  return data.get("source") == LATENT_SOURCE or bool(data.get("vae"))
+  return data.get("source") == sources.SOURCE_LATENTS or bool(data.get("vae"))
 
 
 def make_decoder(config, vae_dir: str | None):
@@ -278,7 +277,7 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
   num_classes = ts.build_model(config).num_classes
   labels = sample_labels(seed, num_samples, num_classes, [int(c) for c in labels] if labels else None)
   if evaluate is None:
-    evaluate = (config.get("data") or {}).get("source") == DIGITS_SOURCE
+    evaluate = (config.get("data") or {}).get("source") == sources.SOURCE_DIGITS
   writes = jax.process_index() == 0
   if writes and png_dir:
     os.makedirs(png_dir, exist_ok=True)

@@ -9,8 +9,9 @@ The loop: validate the config (before anything compiles) -> build the mesh -> re
 WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
 assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
-metrics, EMA sample grids and async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and exits 0; a non-finite loss raises
-FloatingPointError naming the step (the bad update is never applied or saved).
+metrics, EMA sample grids and async checkpoints on their schedules. SIGTERM (preemption) saves
+at the current step and exits 0; a non-finite loss raises FloatingPointError naming the step
+(the bad update is never applied or saved).
 """
 import glob
 import logging
@@ -28,6 +29,7 @@ from dit_jax import data
 from dit_jax import metrics as metrics_lib
 from dit_jax import sharding
 from dit_jax import train_state as ts
+from dit_jax.data import sources
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:ARG].",
@@ -43,7 +45,6 @@ flags.DEFINE_integer("process_id", None, "This process's index (with --coordinat
 _CLUSTER_SIZE_VARS = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 _TPU_DEVICE_GLOBS = ("/dev/accel*", "/dev/vfio/[0-9]*")
 BATCH_KEYS = ("x", "y", "skipped")
-LATENT_SOURCE = "latents"
 ENCODER_RNG_STREAM = 1  # fold_in stream of the seed key for on-the-fly VAE posterior noise
 _QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
 
@@ -98,7 +99,7 @@ def make_latent_encoder(config, mesh: jax.sharding.Mesh):
   The posterior noise of step s comes from fold_in(key, s), so a resumed run is bit-identical.
   """
   data_cfg = config.data
-  if not data_cfg.get("vae") or data_cfg.get("source") == LATENT_SOURCE:
+  if not data_cfg.get("vae") or data_cfg.get("source") == sources.SOURCE_LATENTS:
     return None
   from dit_jax.models import vae  # local: pixel and latent-cache runs need no VAE
   encode = vae.make_encode_fn(data_cfg.vae, latent_scale=data_cfg.get("latent_scale") or None,

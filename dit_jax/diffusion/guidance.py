@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 LABEL_KWARG = "y"
 OFFICIAL_GUIDANCE_CHANNELS = 3
+# Guidance conventions by name (config.sample.guidance, `dit_jax.sample --guidance`) -> the
+# ``guidance_channels`` argument: the released code's 3 channels, or every prediction channel.
+GUIDANCE_MODES = {"official": OFFICIAL_GUIDANCE_CHANNELS, "all": None}
 
 
 def apply_guidance(cond, uncond, scale, channels):
