@@ -13,6 +13,7 @@ output does not depend on the device count, the number of hosts or the batch siz
 split over all devices of all hosts (data parallel, parameters replicated); only one batch of
 images is in memory at a time, and process 0 streams them into the npz.
 """
+import contextlib
 import functools
 import json
 import math
@@ -87,17 +88,33 @@ def make_decoder(config, vae_dir: str | None):
   return decode, params
 
 
+class NonFiniteSamplesError(ValueError):
+  """Sampling produced NaN or infinite values (before they would have become black pixels)."""
+
+
+def check_sampling_settings(*, cfg_scale=None) -> None:
+  """Raises ValueError naming the flag of a setting no sampler can use (None: the default).
+
+  A NaN guidance scale would otherwise turn every sample into NaN, cast to all-black pixels.
+  """
+  if cfg_scale is not None and not math.isfinite(cfg_scale):
+    raise ValueError(f"--cfg_scale={cfg_scale} is not a finite number; pass a guidance scale "
+                     "such as 1.0 (no guidance), 1.5 or 4.0.")
+
+
 def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float = 1.0,
                      guidance: str = "official", vae_dir: str | None = None):
-  """Returns jitted ``generate(params, key, indices, labels) -> uint8 NHWC images``.
+  """Returns jitted ``generate(params, key, indices, labels) -> (uint8 NHWC images, finite)``.
 
   Sample ``indices[j]`` with label ``labels[j]`` starts from noise drawn from
   ``fold_in(key, indices[j])`` and runs its own sampler chain, so the result for index i is
-  the same in any batch and on any number of devices. Functions are cached per (config,
+  the same in any batch and on any number of devices. ``finite[j]`` says whether sample j was
+  finite before the uint8 cast (which maps NaN to 0). Functions are cached per (config,
   settings), so periodic calls (a training hook) compile once.
   """
   if guidance not in GUIDANCE_CHANNELS:
     raise ValueError(f"guidance={guidance!r}; use one of {tuple(GUIDANCE_CHANNELS)}.")
+  check_sampling_settings(cfg_scale=cfg_scale)
   config_json = json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
                            sort_keys=True, default=str)
   return _cached_generate_fn(config_json, sampler, int(num_steps), float(cfg_scale), guidance,
@@ -127,7 +144,8 @@ def _cached_generate_fn(config_json, sampler, num_steps, cfg_scale, guidance, va
   @jax.jit
   def generate(params, key, indices, labels, vae_params):
     samples = jax.vmap(one, in_axes=(None, None, 0, 0))(params, key, indices, labels)
-    return to_uint8(decode(vae_params, samples))
+    images = decode(vae_params, samples)
+    return to_uint8(images), jnp.isfinite(images).all(axis=tuple(range(1, images.ndim)))
   return functools.partial(generate, vae_params=vae_params)
 
 
@@ -145,7 +163,8 @@ def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sample
   Defaults (sampler, num_steps, cfg_scale, guidance) come from ``config.sample`` (guidance:
   "official" where the config does not say). ``params`` are the EMA
   weights, e.g. from ``checkpoint.restore_ema_params``. The last batch is padded (padding is
-  computed and dropped), so every batch compiles to the same program.
+  computed and dropped), so every batch compiles to the same program. Raises
+  NonFiniteSamplesError, naming the samples, when a batch comes out NaN or infinite.
   """
   sample_cfg = config.get("sample") or {}
   sampler = sampler or sample_cfg.get("sampler", "ddpm")
@@ -170,8 +189,16 @@ def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sample
   for start in starts:
     indices = np.arange(start, start + batch_size, dtype=np.int32)
     batch_labels = np.resize(labels[start:start + batch_size], batch_size).astype(np.int32)
-    images = generate(params, key, _global_array(indices, mesh), _global_array(batch_labels, mesh))
-    images = multihost_utils.process_allgather(images, tiled=True)
+    images, finite = multihost_utils.process_allgather(
+        generate(params, key, _global_array(indices, mesh), _global_array(batch_labels, mesh)),
+        tiled=True)
+    bad = np.flatnonzero(~np.asarray(finite)[:num - start]) + start
+    if bad.size:
+      raise NonFiniteSamplesError(
+          f"samples {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} ({bad.size} of the batch "
+          f"of samples {start}..{min(start + batch_size, num) - 1}) came out NaN or infinite with "
+          f"sampler={sampler}, num_steps={num_steps}, cfg_scale={cfg_scale}; the weights or these "
+          "settings diverge (check that the checkpoint's EMA weights are finite).")
     yield start, np.asarray(images)[:num - start]
 
 
@@ -191,6 +218,7 @@ class NpzWriter:
   """
 
   def __init__(self, path: str, shape: tuple[int, ...], labels: np.ndarray):
+    self._path = path
     self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
     self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
@@ -221,9 +249,10 @@ class NpzWriter:
   def __exit__(self, *exc):
     if exc[0] is None:
       self.close()
-    else:
+    else:  # an incomplete npz would pass for samples: remove it
       self._member.close()
       self._zip.close()
+      os.remove(self._path)
 
 
 def make_grid(images: np.ndarray, ncols: int = 10, pad: int = 2) -> np.ndarray:
@@ -273,6 +302,7 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
   Returns:
     The quality metrics on process 0 when evaluated, else {}.
   """
+  check_sampling_settings(cfg_scale=sampling.get("cfg_scale"))
   config, params = checkpoint.restore_ema_params(workdir, step)
   num_classes = ts.build_model(config).num_classes
   labels = sample_labels(seed, num_samples, num_classes, [int(c) for c in labels] if labels else None)
@@ -283,22 +313,23 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
     os.makedirs(png_dir, exist_ok=True)
   writer = None
   grid_images, eval_images = [], []
-  for start, images in iterate_samples(config, params, labels, seed=seed, progress=True, **sampling):
-    if not writes:
-      continue
-    if writer is None and output:
-      writer = NpzWriter(output, (num_samples, *images.shape[1:]), labels)
-    if writer is not None:
-      writer.write(images)
-    grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
-    if evaluate:
-      eval_images.append(images)
-    for i, image in enumerate(images if png_dir else ()):
-      save_png(image, os.path.join(png_dir, f"{start + i:06d}.png"))
+  with contextlib.ExitStack() as outputs:  # an npz left incomplete by an error is removed
+    for start, images in iterate_samples(config, params, labels, seed=seed, progress=True,
+                                         **sampling):
+      if not writes:
+        continue
+      if writer is None and output:
+        writer = outputs.enter_context(NpzWriter(output, (num_samples, *images.shape[1:]), labels))
+      if writer is not None:
+        writer.write(images)
+      grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
+      if evaluate:
+        eval_images.append(images)
+      for i, image in enumerate(images if png_dir else ()):
+        save_png(image, os.path.join(png_dir, f"{start + i:06d}.png"))
   if not writes:
     return {}
   if writer is not None:
-    writer.close()
     logging.info("wrote %d samples to %s", num_samples, output)
   if grid:
     save_png(make_grid(np.concatenate(grid_images), grid_cols), grid)
@@ -350,6 +381,10 @@ def main(argv):
   f = flags.FLAGS
   if not (f.output or f.grid or f.png_dir or f.eval == "true"):
     raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
+  try:
+    check_sampling_settings(cfg_scale=f.cfg_scale)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if f.coordinator_address:
     jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
   sample_to_files(

@@ -36,13 +36,15 @@ def load_config(name, arg):
   return module.get_config(arg)
 
 
-def run_module(module, *args, devices=None):
+def run_module(module, *args, devices=None, ok=True):
+  """Runs ``python -m module args``; asserts it succeeded (``ok``) or failed (not ``ok``)."""
   env = dict(os.environ)
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  assert (proc.returncode == 0) == ok, \
+      f"{module} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
   return proc
 
 
@@ -149,6 +151,40 @@ def test_restore_reads_ema_without_optimizer(trained_like, monkeypatch):
                  zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(state.params)))
   images = sample.generate_images(config, params, [0, 1], num_steps=2, batch_size=8)
   assert images.shape == (2, 8, 8, 1)
+
+
+# ---------------------------------------------------------------- refused settings and results
+
+
+def test_cli_refuses_a_non_finite_guidance_scale(trained_like, tmp_path):
+  workdir, _, _ = trained_like
+  proc = run_module("dit_jax.sample", "--workdir", workdir, "--num_samples", 2, "--cfg_scale", "nan",
+                    "--output", tmp_path / "s.npz", ok=False)
+  assert "--cfg_scale=nan is not a finite number" in proc.stderr
+  assert not (tmp_path / "s.npz").exists()
+
+
+def test_api_refuses_non_finite_scales_and_samples(trained_like):
+  workdir, _, _ = trained_like
+  config, params = checkpoint.restore_ema_params(str(workdir))
+  with pytest.raises(ValueError, match="--cfg_scale=inf is not a finite number"):
+    sample.generate_images(config, params, [0, 1], num_steps=2, cfg_scale=float("inf"))
+  with pytest.raises(ValueError, match="--cfg_scale=nan is not a finite number"):
+    sample.sample_to_files(str(workdir), num_samples=2, cfg_scale=float("nan"))
+  # Weights that overflow to NaN used to give all-black uint8 images without a word.
+  leaves, treedef = jax.tree.flatten(params)
+  nan_params = jax.tree.unflatten(treedef, [leaves[0] * np.nan] + leaves[1:])
+  with pytest.raises(sample.NonFiniteSamplesError,
+                     match=r"samples \[0, 1, 2\] \(3 of the batch of samples 0..2\) came out NaN"):
+    sample.generate_images(config, nan_params, [0, 1, 2], num_steps=2, batch_size=8)
+
+
+def test_npz_writer_removes_an_incomplete_file(tmp_path):
+  with pytest.raises(RuntimeError, match="interrupted"):
+    with sample.NpzWriter(str(tmp_path / "a.npz"), (4, 2, 2, 1), np.arange(4)) as writer:
+      writer.write(np.zeros((2, 2, 2, 1), np.uint8))
+      raise RuntimeError("interrupted")
+  assert not (tmp_path / "a.npz").exists()
 
 
 # ---------------------------------------------------------------- official weights
