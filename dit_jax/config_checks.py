@@ -80,6 +80,18 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
         f"{process_count}; use a multiple of {process_count}.")
 
 
+def _check_finite(config) -> None:
+  """Every float field must be finite: a NaN learning rate (or beta, decay, clip norm, ...)
+  would otherwise train NaN weights, or silently turn a feature off (`nan > 0` is False)."""
+  def visit(name: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+      for key, item in value.items():
+        visit(f"{name}.{key}", item)
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{name}={value} is not a finite number; give it a finite value.")
+  visit("config", config.to_dict())
+
+
 def _check_training(config) -> None:
   if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
     raise ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}.")
@@ -133,6 +145,7 @@ def validate(config, *, num_devices: int, process_count: int = 1, check_data: bo
     process_count: number of JAX processes feeding the global batch.
     check_data: also compare the data pipeline's input shape with the model's.
   """
+  _check_finite(config)
   _check_training(config)
   _check_model(config)
   _check_mesh_and_batch(config, num_devices, process_count)

@@ -10,8 +10,8 @@ WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initi
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
 assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
 metrics, EMA sample grids and async checkpoints on their schedules. SIGTERM (preemption) saves
-at the current step and exits 0; a non-finite loss raises FloatingPointError naming the step
-(the bad update is never applied or saved).
+at the current step and exits 0; a non-finite loss, gradient or update raises FloatingPointError
+naming the step (the bad update is never applied or saved).
 """
 import glob
 import logging
@@ -109,13 +109,21 @@ def make_latent_encoder(config, mesh: jax.sharding.Mesh):
 
 
 def check_finite(step: int, metrics: dict) -> None:
-  """Raises FloatingPointError if the update at `step` (0-based) had a non-finite loss/gradient."""
+  """Raises FloatingPointError if the update at `step` (0-based) had a non-finite loss, gradient
+  or result (the step then left the state unchanged: see train_state.make_train_step)."""
   values = jax.device_get({k: metrics[k] for k in ("finite", "loss", "grad_norm")})
-  if not values["finite"]:
-    raise FloatingPointError(
-        f"Non-finite training loss at step {step} (loss={values['loss']}, grad_norm="
-        f"{values['grad_norm']}). The update was not applied and no checkpoint of it was written; "
-        "lower config.learning_rate, set config.grad_clip_norm, or check the data.")
+  if values["finite"]:
+    return
+  if not np.isfinite(values["loss"]):
+    what = "training loss"
+  elif not np.isfinite(values["grad_norm"]):
+    what = "gradient"
+  else:
+    what = "parameter update (loss and gradient were finite)"
+  raise FloatingPointError(
+      f"Non-finite {what} at step {step} (loss={values['loss']}, grad_norm="
+      f"{values['grad_norm']}). The update was not applied and no checkpoint of it was written; "
+      "lower config.learning_rate, set config.grad_clip_norm, or check the data.")
 
 
 def _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng):
@@ -141,7 +149,7 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
 
   Raises:
     config_checks.ConfigError: the config cannot work (raised before compiling).
-    FloatingPointError: a step had a non-finite loss or gradient.
+    FloatingPointError: a step had a non-finite loss, gradient or update.
   """
   devices = list(devices if devices is not None else jax.devices())
   config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())

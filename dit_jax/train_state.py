@@ -123,13 +123,20 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def all_finite(tree) -> jax.Array:
+  """True iff every element of every leaf is finite (a norm could overflow on finite values)."""
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def make_train_step(config):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
   `rng` is the run's base key; the step's key is `fold_in(rng, state.step)`. `batch` is
-  `dict(x=[B, H, W, C] float, y=[B] int)` (other keys are ignored). A step whose loss or
-  gradient is non-finite leaves the state unchanged and reports `finite=False`, so non-finite
-  weights never reach a checkpoint; the caller raises.
+  `dict(x=[B, H, W, C] float, y=[B] int)` (other keys are ignored). A step whose loss,
+  gradient or updated parameters are non-finite leaves the state unchanged and reports
+  `finite=False`, so non-finite weights never reach a checkpoint; the caller raises. (The
+  updated parameters are checked too: a non-finite learning rate gives a finite loss and
+  gradient but a NaN update.)
   """
   from dit_jax import diffusion  # local: keeps configs importable without the diffusion package
   model = build_model(config)
@@ -158,7 +165,7 @@ def make_train_step(config):
     ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
                               state.ema_params, params)
     grad_norm = global_norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                            opt_state=opt_state)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)

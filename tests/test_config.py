@@ -74,6 +74,13 @@ def _smoke():
      "config.sample.sampler"),  # a flow run with the Gaussian sampler would fail at its first grid
     (lambda c: c.sample.update(sampler="euler"), 8, 1, "config.sample.sampler"),
     (lambda c: c.sample.update(guidance="some"), 8, 1, "config.sample.guidance"),
+    # Non-finite floats, named by field (`nan > 0` would silently turn clipping off).
+    (lambda c: setattr(c, "learning_rate", float("nan")), 8, 1, "config.learning_rate=nan"),
+    (lambda c: setattr(c, "ema_decay", float("nan")), 8, 1, "config.ema_decay=nan is not a finite"),
+    (lambda c: setattr(c, "weight_decay", float("inf")), 8, 1, "config.weight_decay=inf"),
+    (lambda c: setattr(c, "adam_b2", float("-inf")), 8, 1, "config.adam_b2=-inf"),
+    (lambda c: setattr(c, "grad_clip_norm", float("nan")), 8, 1, "config.grad_clip_norm=nan"),
+    (lambda c: c.diffusion.update(logit_std=float("nan")), 8, 1, "config.diffusion.logit_std=nan"),
 ])
 def test_config_errors_name_the_field(mutate, num_devices, process_count, field):
   config = _smoke()

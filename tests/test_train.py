@@ -9,14 +9,16 @@
 - EMA: with ema_decay=0 the EMA equals the weights exactly (closed form of the update); with
   decay 0.999 it lags the weights.
 - A non-finite loss stops the run with FloatingPointError naming the step, and every
-  checkpoint written holds finite weights.
+  checkpoint written holds finite weights. So does a finite loss and gradient whose update is
+  not finite (a learning rate beyond float32's range): the guard covers the updated weights.
+  A NaN learning rate is refused before anything compiles.
 """
 import jax
 import numpy as np
 import pytest
 
 from configs import digits
-from dit_jax import checkpoint, sample, sharding, train
+from dit_jax import checkpoint, config_checks, sample, sharding, train
 from dit_jax import train_state as ts
 
 STEPS = 20
@@ -82,16 +84,38 @@ def test_non_finite_loss_raises_naming_the_step(tmp_path, devices):
                         checkpoint_every_steps=1)
   with pytest.raises(FloatingPointError, match=r"Non-finite training loss at step \d+"):
     train.train(config, str(tmp_path), devices=devices)
-  with checkpoint.create_manager(str(tmp_path), for_reading=True) as manager:
+  assert len(_assert_checkpoints_finite(str(tmp_path), devices)) < STEPS
+
+
+def _assert_checkpoints_finite(workdir, devices):
+  with checkpoint.create_manager(workdir, for_reading=True) as manager:
     steps = manager.all_steps()
-  assert len(steps) < STEPS
   for step in steps:
-    config_saved = checkpoint.restore_config(str(tmp_path), step)
+    config_saved = checkpoint.restore_config(workdir, step)
     mesh = sharding.create_mesh(dict(data=1, fsdp=1, tensor=1), devices[:1])
-    loaded = checkpoint.restore_params(str(tmp_path), ts.abstract_params(config_saved, mesh),
-                                       step=step)
+    loaded = checkpoint.restore_params(workdir, ts.abstract_params(config_saved, mesh), step=step)
     for leaf in jax.tree.leaves(_host(loaded)):
       assert np.isfinite(leaf).all(), f"non-finite weights in the checkpoint of step {step}"
+  return steps
+
+
+def test_non_finite_update_is_refused_naming_the_step(tmp_path, devices):
+  """1e39 is a finite float (it passes the config check) but inf in float32: the first step's
+  loss and gradient are finite and its update is not. Nothing may be checkpointed."""
+  config = smoke_config(learning_rate=1e39, warmup_steps=0, checkpoint_every_steps=1)
+  with pytest.raises(FloatingPointError,
+                     match=r"Non-finite parameter update \(loss and gradient were finite\) at step 0 "
+                           r"\(loss=[0-9.]+, grad_norm=[0-9.]+\)\. The update was not applied"):
+    train.train(config, str(tmp_path), devices=devices)
+  assert _assert_checkpoints_finite(str(tmp_path), devices) == []
+
+
+def test_nan_learning_rate_is_refused_before_training(tmp_path, devices):
+  """The issue's reproduction: --config.learning_rate=nan --config.checkpoint_every_steps=1."""
+  config = smoke_config(learning_rate=float("nan"), checkpoint_every_steps=1)
+  with pytest.raises(config_checks.ConfigError, match=r"config\.learning_rate=nan is not a finite"):
+    train.train(config, str(tmp_path), devices=devices)
+  assert not (tmp_path / "checkpoints").exists()
 
 
 def test_relative_workdir_trains_resumes_and_samples(tmp_path, monkeypatch):
