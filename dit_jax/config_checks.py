@@ -70,6 +70,8 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
   shape = dict(zip(sharding.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
   shards = math.prod(shape[a] for a in sharding.BATCH_MESH_AXES)
   batch = config.global_batch_size
+  if batch <= 0:
+    raise ConfigError(f"config.global_batch_size={batch} must be a positive number of examples.")
   if batch % shards:
     raise ConfigError(
         f"config.global_batch_size={batch} is not divisible by the {shards} batch-sharding "
@@ -105,6 +107,9 @@ def _check_training(config) -> None:
       raise ConfigError(f"config.{name}={config[name]} must be a positive number of steps.")
   if config.warmup_steps < 0:
     raise ConfigError(f"config.warmup_steps={config.warmup_steps} must be >= 0.")
+  for name, zero in (("keep_checkpoints", "keep all"), ("keep_period", "off")):
+    if config.get(name, 0) < 0:
+      raise ConfigError(f"config.{name}={config[name]} must be >= 0 (0: {zero}).")
 
 
 def _check_sampling(config) -> None:

@@ -150,7 +150,11 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
   Raises:
     config_checks.ConfigError: the config cannot work (raised before compiling).
     FloatingPointError: a step had a non-finite loss, gradient or update.
+    ValueError: `workdir` is empty.
   """
+  if not str(workdir).strip():
+    raise ValueError("--workdir is empty; name the run's directory (checkpoints and logs go "
+                     "there, and a later run with the same --workdir resumes from it).")
   devices = list(devices if devices is not None else jax.devices())
   config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())
   checkpoint.validate_init_from(config)
@@ -167,6 +171,12 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
   try:
     state = _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng)
     step = int(jax.device_get(state.step))
+    if step >= config.num_train_steps:
+      logging.warning(
+          "The run in %s is already complete: its latest checkpoint is step %d and "
+          "config.num_train_steps=%d. Nothing to train; raise --config.num_train_steps to train "
+          "further.", workdir, step, config.num_train_steps)
+      return state
     train_step = ts.jit_train_step(config, mesh, state_shardings)
     encode = make_latent_encoder(config, mesh)
     monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)

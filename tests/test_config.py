@@ -74,6 +74,10 @@ def _smoke():
      "config.sample.sampler"),  # a flow run with the Gaussian sampler would fail at its first grid
     (lambda c: c.sample.update(sampler="euler"), 8, 1, "config.sample.sampler"),
     (lambda c: c.sample.update(guidance="some"), 8, 1, "config.sample.guidance"),
+    (lambda c: setattr(c, "global_batch_size", 0), 8, 1, "config.global_batch_size=0 must be"),
+    (lambda c: setattr(c, "global_batch_size", -16), 8, 1, "config.global_batch_size=-16"),
+    (lambda c: setattr(c, "keep_checkpoints", -1), 8, 1, "config.keep_checkpoints=-1 must be"),
+    (lambda c: setattr(c, "keep_period", -5), 8, 1, "config.keep_period=-5 must be"),
     # Non-finite floats, named by field (`nan > 0` would silently turn clipping off).
     (lambda c: setattr(c, "learning_rate", float("nan")), 8, 1, "config.learning_rate=nan"),
     (lambda c: setattr(c, "ema_decay", float("nan")), 8, 1, "config.ema_decay=nan is not a finite"),

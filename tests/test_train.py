@@ -133,6 +133,25 @@ def test_relative_workdir_trains_resumes_and_samples(tmp_path, monkeypatch):
   assert images.shape == (2, 8, 8, 1) and images.dtype == np.uint8
 
 
+def test_empty_workdir_is_refused(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(ValueError, match="--workdir is empty"):
+    train.train(smoke_config(), "", devices=jax.devices()[:1])
+  assert list(tmp_path.iterdir()) == []  # nothing was written into the current directory
+
+
+def test_fewer_steps_than_the_checkpoint_says_the_run_is_complete(tmp_path, caplog):
+  config = smoke_config(num_train_steps=2, checkpoint_every_steps=2)
+  one = jax.devices()[:1]
+  train.train(config, str(tmp_path), devices=one)
+  config.num_train_steps = 1
+  with caplog.at_level("WARNING"):
+    state = train.train(config, str(tmp_path), devices=one)
+  assert int(state.step) == 2
+  assert (f"The run in {tmp_path} is already complete: its latest checkpoint is step 2 and "
+          "config.num_train_steps=1") in caplog.text
+
+
 def test_flow_objective_trains_and_samples_through_the_same_commands(tmp_path):
   """One switch (config.diffusion.objective) selects flow matching for training, the periodic
   sample grid and sampling; Euler sampling needs a learn_sigma=False model (C output channels)."""
