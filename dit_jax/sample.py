@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
-from dit_jax import checkpoint, diffusion, sharding
+from dit_jax import checkpoint, diffusion, paths, sharding
 from dit_jax import train_state as ts
 from dit_jax.data import sources
 
@@ -92,7 +92,7 @@ class NonFiniteSamplesError(ValueError):
   """Sampling produced NaN or infinite values (before they would have become black pixels)."""
 
 
-def check_sampling_settings(*, cfg_scale=None) -> None:
+def check_sampling_settings(*, num_steps=None, cfg_scale=None, batch_size=None) -> None:
   """Raises ValueError naming the flag of a setting no sampler can use (None: the default).
 
   A NaN guidance scale would otherwise turn every sample into NaN, cast to all-black pixels.
@@ -100,6 +100,23 @@ def check_sampling_settings(*, cfg_scale=None) -> None:
   if cfg_scale is not None and not math.isfinite(cfg_scale):
     raise ValueError(f"--cfg_scale={cfg_scale} is not a finite number; pass a guidance scale "
                      "such as 1.0 (no guidance), 1.5 or 4.0.")
+  if num_steps is not None and num_steps < 1:
+    raise ValueError(f"--num_sampling_steps={num_steps}: a sampler needs at least 1 step (leave "
+                     "the flag out for the config's config.sample.num_sampling_steps).")
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"--batch_size={batch_size}: give a positive multiple of the device count "
+                     "(or leave the flag out).")
+
+
+def parse_labels(labels) -> list[int] | None:
+  """Class indices from ints or strings (``--labels 3,1,4``); None when none are given."""
+  if not labels:
+    return None
+  try:
+    return [int(c) for c in labels]
+  except (TypeError, ValueError):
+    raise ValueError(f"--labels {','.join(map(str, labels))}: class labels are integers "
+                     "(class indices), e.g. --labels 3,1,4.") from None
 
 
 def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float = 1.0,
@@ -114,7 +131,6 @@ def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float =
   """
   if guidance not in GUIDANCE_CHANNELS:
     raise ValueError(f"guidance={guidance!r}; use one of {tuple(GUIDANCE_CHANNELS)}.")
-  check_sampling_settings(cfg_scale=cfg_scale)
   config_json = json.dumps(config.to_dict() if hasattr(config, "to_dict") else config,
                            sort_keys=True, default=str)
   return _cached_generate_fn(config_json, sampler, int(num_steps), float(cfg_scale), guidance,
@@ -168,13 +184,14 @@ def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sample
   """
   sample_cfg = config.get("sample") or {}
   sampler = sampler or sample_cfg.get("sampler", "ddpm")
-  num_steps = num_steps or sample_cfg.get("num_sampling_steps", 250)
+  num_steps = sample_cfg.get("num_sampling_steps", 250) if num_steps is None else num_steps
   cfg_scale = sample_cfg.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale
   guidance = guidance or sample_cfg.get("guidance") or "official"
+  check_sampling_settings(num_steps=num_steps, cfg_scale=cfg_scale, batch_size=batch_size)
   mesh = mesh or sharding.create_mesh({"data": -1})
   shards = sharding.batch_shard_count(mesh)
   num = len(labels)
-  if not batch_size:
+  if batch_size is None:
     batch_size = shards * math.ceil(min(DEFAULT_BATCH_SIZE, num) / shards)
   if batch_size % shards:
     raise ValueError(f"batch_size={batch_size} is not a multiple of the {shards} devices; "
@@ -281,6 +298,34 @@ def save_png(image: np.ndarray, path: str) -> None:
 # ---------------------------------------------------------------- the command
 
 
+def check_request(*, num_samples: int, output: str | None = None, grid: str | None = None,
+                  png_dir: str | None = None, grid_cols: int = 10, labels=None,
+                  **sampling) -> list[int] | None:
+  """Checks the arguments of ``sample_to_files`` before any work (restoring, compiling,
+  sampling), so that no samples are lost to a bad path at the end; makes the output
+  directories. Raises ValueError naming the flag and the fix; returns ``parse_labels(labels)``.
+  """
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples}: ask for at least 1 sample.")
+  if grid_cols < 1:
+    raise ValueError(f"--grid_cols={grid_cols}: the grid needs at least 1 column.")
+  check_sampling_settings(**{k: sampling.get(k) for k in ("num_steps", "cfg_scale", "batch_size")})
+  parsed = parse_labels(labels)
+  if grid:
+    from PIL import Image  # local: only outputs need pillow
+    ext = os.path.splitext(grid)[1].lower()
+    if Image.registered_extensions().get(ext) not in Image.SAVE:
+      raise ValueError(f"--grid {grid}: pillow cannot write {ext or 'extension-less'} images; "
+                       "give the grid a .png name.")
+  if jax.process_index() == 0:  # the process that writes
+    for path, flag in ((output, "--output"), (grid, "--grid")):
+      if path:
+        paths.prepare_output_file(path, flag)
+    if png_dir:
+      paths.prepare_output_dir(png_dir, "--png_dir")
+  return parsed
+
+
 def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None,
                     grid: str | None = None, png_dir: str | None = None, seed: int = 0,
                     step: int | None = None, labels=None, evaluate: bool | None = None,
@@ -302,15 +347,14 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
   Returns:
     The quality metrics on process 0 when evaluated, else {}.
   """
-  check_sampling_settings(cfg_scale=sampling.get("cfg_scale"))
+  labels = check_request(num_samples=num_samples, output=output, grid=grid, png_dir=png_dir,
+                         grid_cols=grid_cols, labels=labels, **sampling)
   config, params = checkpoint.restore_ema_params(workdir, step)
   num_classes = ts.build_model(config).num_classes
-  labels = sample_labels(seed, num_samples, num_classes, [int(c) for c in labels] if labels else None)
+  labels = sample_labels(seed, num_samples, num_classes, labels)
   if evaluate is None:
     evaluate = (config.get("data") or {}).get("source") == sources.SOURCE_DIGITS
   writes = jax.process_index() == 0
-  if writes and png_dir:
-    os.makedirs(png_dir, exist_ok=True)
   writer = None
   grid_images, eval_images = [], []
   with contextlib.ExitStack() as outputs:  # an npz left incomplete by an error is removed
@@ -381,12 +425,14 @@ def main(argv):
   f = flags.FLAGS
   if not (f.output or f.grid or f.png_dir or f.eval == "true"):
     raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
-  try:
-    check_sampling_settings(cfg_scale=f.cfg_scale)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
   if f.coordinator_address:
     jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  try:  # sample_to_files checks them too; here a bad flag gets absl's usage error
+    check_request(num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
+                  grid_cols=f.grid_cols, labels=f.labels, num_steps=f.num_sampling_steps,
+                  cfg_scale=f.cfg_scale, batch_size=f.batch_size)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   sample_to_files(
       f.workdir, num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
       seed=f.seed, step=f.step, labels=f.labels,

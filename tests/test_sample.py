@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -177,6 +178,58 @@ def test_api_refuses_non_finite_scales_and_samples(trained_like):
   with pytest.raises(sample.NonFiniteSamplesError,
                      match=r"samples \[0, 1, 2\] \(3 of the batch of samples 0..2\) came out NaN"):
     sample.generate_images(config, nan_params, [0, 1, 2], num_steps=2, batch_size=8)
+
+
+BAD_REQUESTS = [  # (sample_to_files arguments, the message); {file} is a file, {dir} a directory
+    (dict(num_samples=0), "--num_samples=0: ask for at least 1 sample"),
+    (dict(num_samples=-5), "--num_samples=-5: ask for at least 1 sample"),
+    (dict(grid="{dir}/g.png", grid_cols=0), "--grid_cols=0: the grid needs at least 1 column"),
+    (dict(num_steps=0), "--num_sampling_steps=0: a sampler needs at least 1 step"),
+    (dict(num_steps=-1), "--num_sampling_steps=-1: a sampler needs at least 1 step"),
+    (dict(batch_size=0), "--batch_size=0: give a positive multiple of the device count"),
+    (dict(labels=["3", "cat"]), "--labels 3,cat: class labels are integers"),
+    (dict(output="{file}/s.npz"), "--output {file}/s.npz: cannot create the directory {file}"),
+    (dict(output="{dir}"), "--output {dir} is a directory"),
+    (dict(grid="{file}/sub/g.png"), "--grid {file}/sub/g.png: cannot create the directory"),
+    (dict(grid="{dir}/g.txt"), "--grid {dir}/g.txt: pillow cannot write .txt images"),
+    (dict(png_dir="{file}"), "--png_dir {file} is a file, not a directory"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD_REQUESTS)
+def test_bad_requests_are_refused_before_restoring(tmp_path, kwargs, message):
+  (tmp_path / "file").write_text("x")
+  (tmp_path / "dir").mkdir()
+  where = dict(file=tmp_path / "file", dir=tmp_path / "dir")
+  kwargs = {k: v.format(**where) if isinstance(v, str) else v for k, v in kwargs.items()}
+  kwargs = dict(dict(num_samples=2), **kwargs)
+  # No checkpoint exists: an error about the request proves it came before the restore.
+  with pytest.raises(ValueError) as err:
+    sample.sample_to_files(str(tmp_path / "no_checkpoint"), **kwargs)
+  assert message.format(**where) in str(err.value)
+
+
+def test_missing_output_directories_are_made_and_bad_defaults_refused(tmp_path):
+  sample.check_request(num_samples=1, output=str(tmp_path / "a" / "b" / "s.npz"),
+                       png_dir=str(tmp_path / "c" / "png"))
+  assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "c" / "png").is_dir()
+  # 0 steps (from the caller or the config) used to become 250 silently.
+  config = ml_collections.ConfigDict(dict(sample=dict(num_sampling_steps=0)))
+  with pytest.raises(ValueError, match="--num_sampling_steps=0"):
+    sample.generate_images(config, None, [0])
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num_sampling_steps", "0"], "--num_sampling_steps=0: a sampler needs at least 1 step"),
+    (["--grid", "{file}/g.png"], "--grid {file}/g.png: cannot create the directory {file}"),
+])
+def test_cli_refuses_bad_flags_before_restoring(tmp_path, flags, message):
+  (tmp_path / "file").write_text("x")
+  flags = [f.format(file=tmp_path / "file") for f in flags]
+  proc = run_module("dit_jax.sample", "--workdir", tmp_path / "no_checkpoint", "--output",
+                    tmp_path / "s.npz", *flags, ok=False)
+  assert message.format(file=tmp_path / "file") in proc.stderr
+  assert "no complete checkpoint" not in proc.stderr
 
 
 def test_npz_writer_removes_an_incomplete_file(tmp_path):
