@@ -40,7 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dit_jax import config_checks, diffusion, flops, sharding, train_state
+from dit_jax import config_checks, diffusion, flops, paths, sharding, train_state
 
 MODES = ("train", "sample")
 # Library versions printed with every result (those present in its "versions").
@@ -136,6 +136,8 @@ def throughput(images: int, step_s: float, flop_per_image: float) -> Throughput:
 
 def _prepare(config, batch_per_device: int):
   """Sets the global batch for this host's devices, validates the config, builds the mesh."""
+  if batch_per_device < 1:
+    raise ValueError(f"--batch_per_device={batch_per_device}: give at least 1 image per device.")
   config.global_batch_size = batch_per_device * jax.device_count()
   config_checks.validate(config, num_devices=jax.device_count(),
                          process_count=jax.process_count(), check_data=False)
@@ -263,9 +265,11 @@ def define_flags() -> None:
   """Command-line flags (defined only when run as a program, so other tools can import this)."""
   config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
                                   lock_config=False)
-  flags.DEFINE_integer("batch_per_device", 8, "Images per device (global = x devices).")
-  flags.DEFINE_integer("steps", 10, "Timed train steps (train) or sampling runs (sample).")
-  flags.DEFINE_integer("warmup", 2, "Untimed train steps after compiling.")
+  flags.DEFINE_integer("batch_per_device", 8, "Images per device (global = x devices).",
+                       lower_bound=1)
+  flags.DEFINE_integer("steps", 10, "Timed train steps (train) or sampling runs (sample).",
+                       lower_bound=1)
+  flags.DEFINE_integer("warmup", 2, "Untimed train steps after compiling.", lower_bound=0)
   flags.DEFINE_enum("mode", "train", MODES, "What to time.")
   flags.DEFINE_integer("num_sampling_steps", 250, "Sampler steps (sample mode).")
   flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale (sample mode).")
@@ -276,6 +280,11 @@ def define_flags() -> None:
 def main(argv: Any) -> None:
   del argv
   f = flags.FLAGS
+  if f.json:  # before the run, not after it
+    try:
+      paths.prepare_output_file(f.json, "--json")
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
   if f.mode == "train":
     result = run_train(f.config, f.batch_per_device, f.steps, f.warmup)
   else:

@@ -16,6 +16,7 @@ Scanned models (``scan_blocks=True``) get the blocks stacked along a leading dep
 import argparse
 import importlib.util
 import math
+import os
 import pathlib
 from typing import Any, Mapping
 
@@ -30,6 +31,8 @@ from dit_jax.models.vae_weights import vae_params_from_diffusers  # noqa: F401  
 POS_EMBED = "pos_embed"
 POS_EMBED_ATOL = 1e-5
 IMAGENET_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "imagenet.py"
+OFFICIAL_FILES = ("pass a released DiT .pt (e.g. DiT-XL-2-256x256.pt) or a checkpoint of DiT's "
+                  "train.py ({model, ema, opt, args}).")
 # Official block submodule -> (Flax path inside a block, number of kernel input axes).
 BLOCK_LINEARS = {
     "attn.qkv": (("attn", "qkv"), 1),
@@ -169,12 +172,50 @@ def _load_config(config_path: pathlib.Path, arg: str):
 
 
 def _load_official(path: str) -> dict:
+  """The EMA state dict of a released model or a DiT training checkpoint, as float32 numpy.
+
+  Raises ValueError, naming the file, for anything else (torch's own message for a file that
+  is no checkpoint asks to file an issue with PyTorch).
+  """
   import torch  # only the command line needs torch
 
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if "ema" in state:  # a training checkpoint {model, ema, opt, args}: sample with the EMA
-    state = state["ema"]
+  if not os.path.isfile(path):
+    raise ValueError(f"--official {path} does not exist.")
+  try:  # training checkpoints hold their argparse arguments: a plain attribute container
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      state = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except  # torch raises many kinds for bad files
+    raise ValueError(f"--official {path} is not a PyTorch checkpoint of tensors ({type(e).__name__} "
+                     f"from torch.load); {OFFICIAL_FILES}") from e
+  if isinstance(state, dict) and isinstance(state.get("ema"), dict):
+    state = state["ema"]  # a training checkpoint {model, ema, opt, args}: sample with the EMA
+  if not isinstance(state, dict):
+    raise ValueError(f"--official {path} holds a {type(state).__name__}, not a state dict "
+                     f"(parameter name -> tensor); {OFFICIAL_FILES}")
+  not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+  if not_tensors:
+    raise ValueError(f"--official {path}: the entries {not_tensors[:5]} are not tensors, so this "
+                     f"is no DiT state dict; {OFFICIAL_FILES}")
   return {k: v.float().numpy() for k, v in state.items()}
+
+
+def _check_output(output: str) -> None:
+  """Refuses an --output that holds checkpoints: a second conversion would stop at Orbax's
+  "step 0 already exists", and a training workdir would get an ImageNet-shaped checkpoint 0
+  among its own."""
+  from dit_jax import checkpoint  # the checkpoint layout belongs to training
+
+  if os.path.isfile(output):
+    raise ValueError(f"--output {output} is a file; give a new directory.")
+  ckpt_dir = checkpoint.checkpoint_dir(output)
+  steps = sorted(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else []
+  if steps == ["0"]:
+    raise ValueError(f"--output {output} already holds a checkpoint 0 (an earlier conversion?); "
+                     f"give a new directory, or delete {ckpt_dir} to convert again.")
+  if steps:
+    raise ValueError(f"--output {output} is a training workdir (checkpoints {steps[:5]}"
+                     f"{' ...' if len(steps) > 5 else ''}); converting into it would add a "
+                     "checkpoint 0 of another model among them. Give a new directory.")
 
 
 def main(argv=None) -> None:
@@ -187,9 +228,12 @@ def main(argv=None) -> None:
                       help="config file with get_config('variant=V,res=R') (configs/imagenet.py)")
   args = parser.parse_args(argv)
 
-  config = _load_config(pathlib.Path(args.config), f"variant={args.variant},res={args.image_size}")
-  model = build_model(config.model)
-  params = params_from_official(_load_official(args.official), model)
+  try:  # every problem of the input or output is reported before anything is written
+    _check_output(args.output)
+    config = _load_config(pathlib.Path(args.config), f"variant={args.variant},res={args.image_size}")
+    params = params_from_official(_load_official(args.official), build_model(config.model))
+  except ValueError as e:
+    parser.error(str(e))
   from dit_jax import checkpoint  # the checkpoint layout belongs to training
 
   checkpoint.save_params_only(args.output, config, params)

@@ -8,11 +8,17 @@ import os
 
 
 def _make_dir(directory: str, flag: str, path: str) -> None:
+  existing = directory
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{flag} {path}: cannot create the directory {directory}: {existing} is a "
+                     "file; choose a path under a directory.")
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as e:
     raise ValueError(f"{flag} {path}: cannot create the directory {directory} ({e.strerror}); "
-                     "choose a path under an existing, writable directory.") from e
+                     "choose a path under a writable directory.") from e
   if not os.access(directory, os.W_OK | os.X_OK):
     raise ValueError(f"{flag} {path}: the directory {directory} is not writable; "
                      "choose a path under a writable directory.")

@@ -4,7 +4,8 @@ Checks the result's fields against what a run must give, independently of the be
 arithmetic: images/s = global batch / mean step time, TFLOP/s per device = 3 x 2 x Gflops x
 images/s / devices (the paper's convention, DESIGN.md), MFU None on CPU (no datasheet peak),
 versions equal to the imported libraries. Also checks that the benchmark imports and runs with
-tfds, grain, clu and tensorflow made unimportable (it must run on a bare accelerator machine).
+tfds, grain, clu and tensorflow made unimportable (it must run on a bare accelerator machine),
+and that an empty batch or an unwritable --json path is refused before anything is timed.
 """
 import importlib.util
 import json
@@ -95,3 +96,23 @@ def test_summarize_matches_statistics():
   assert s["mean"] == pytest.approx(0.25)
   assert s["std"] == pytest.approx(statistics.pstdev(times))
   assert (s["min"], s["median"], s["max"], s["n"]) == (0.1, pytest.approx(0.25), 0.4, 4)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--batch_per_device", "0"], "flag --batch_per_device=0: 0 is not a positive integer"),
+    (["--json", "{file}/bench.json"],
+     "--json {file}/bench.json: cannot create the directory {file}: {file} is a file"),
+])
+def test_cli_checks_flags_before_running(tmp_path, flags, message):
+  (tmp_path / "file").write_text("x")
+  flags = [f.format(file=tmp_path / "file") for f in flags]
+  proc = subprocess.run([sys.executable, "-m", "dit_jax.bench", "--config", SMOKE, "--steps", "1",
+                         *flags], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode != 0 and "images/s" not in proc.stdout  # refused before timing anything
+  assert message.format(file=tmp_path / "file") in proc.stderr, proc.stderr[-3000:]
+
+
+def test_api_refuses_an_empty_batch():
+  with pytest.raises(ValueError, match="--batch_per_device=0: give at least 1 image per device"):
+    bench.run_train(smoke_config(), batch_per_device=0, steps=1)

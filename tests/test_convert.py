@@ -5,22 +5,33 @@ listed in DIT-FACTS.md, not from our model. Checks: the converted tree has exact
 structure; individual entries land where the official layouts say (qkv (3, heads, head_dim),
 attention output, patch conv); scanned models get the same blocks stacked; bad state dicts
 (missing, extra, wrong-shape keys, a non-sin-cos pos_embed, a non-adaLN-Zero model) raise
-errors naming the problem; the CLI writes a checkpoint that dit_jax.checkpoint restores.
+errors naming the problem; the CLI writes a checkpoint that dit_jax.checkpoint restores, takes
+the EMA of a DiT training checkpoint (with its argparse arguments), and refuses with one usage
+error each a file that is no checkpoint, a pickle that is no state dict, and an output that
+already holds checkpoints (an earlier conversion, a training workdir) before writing anything.
 """
+import argparse
+import importlib.util
+import pathlib
+import subprocess
+import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 from flax import linen as nn
 
-from dit_jax import checkpoint, convert
+from dit_jax import checkpoint, convert, sharding
+from dit_jax import train_state as ts
 from dit_jax.models import layers
 from dit_jax.models.dit import DiT, init_inputs
 
 D, HEADS, DEPTH, C, P, SIZE, CLASSES = 32, 2, 2, 4, 2, 8, 10
 HD = D // HEADS
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _model(**kw) -> DiT:
@@ -104,8 +115,9 @@ def test_wrong_class_count_and_block_type():
     convert.params_from_official(official_state_dict(), _model(block_type="in_context"))
 
 
-def test_cli_writes_a_restorable_checkpoint(tmp_path):
-  # A config file with the imagenet config's interface whose "smoke" model is tiny.
+@pytest.fixture
+def tiny_config(tmp_path):
+  """A config file with the imagenet config's interface whose "smoke" model is tiny."""
   config_file = tmp_path / "tiny.py"
   config_file.write_text(textwrap.dedent(f"""
       import importlib.util
@@ -119,12 +131,87 @@ def test_cli_writes_a_restorable_checkpoint(tmp_path):
                             patch_size={P}, num_classes={CLASSES})
         return config
       """))
+  return config_file
+
+
+def save_official(path, sd):
+  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+  return path
+
+
+def test_cli_writes_a_restorable_checkpoint(tmp_path, tiny_config):
   sd = official_state_dict(seed=3)
-  official = tmp_path / "official.pt"
-  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, official)
+  official = save_official(tmp_path / "official.pt", sd)
   workdir = tmp_path / "converted"
-  convert.main(["--official", str(official), "--output", str(workdir), "--config", str(config_file)])
+  convert.main(["--official", str(official), "--output", str(workdir), "--config", str(tiny_config)])
   config, ema = checkpoint.restore_ema_params(str(workdir))
   assert config.model.hidden_size == D
   want = convert.params_from_official(sd, _model())
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), ema, want)
+
+
+def _refused(capsys, *argv):
+  """convert.main's usage error (exit status 2) for argv: the message it printed."""
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(list(map(str, argv)))
+  assert exit_info.value.code == 2
+  return capsys.readouterr().err
+
+
+def test_cli_names_a_file_that_is_no_checkpoint(tmp_path):
+  bad = tmp_path / "weights.pt"
+  bad.write_bytes(np.random.default_rng(0).bytes(2000))
+  proc = subprocess.run([sys.executable, "-m", "dit_jax.convert", "--official", str(bad),
+                         "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                        timeout=300, cwd=ROOT)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert f"--official {bad} is not a PyTorch checkpoint of tensors (UnpicklingError" in proc.stderr
+  assert "file an issue" not in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_pickles_that_are_no_state_dict(tmp_path, tiny_config, capsys):
+  out = tmp_path / "out"
+  torch.save([torch.zeros(2)], tmp_path / "list.pt")
+  assert f"--official {tmp_path / 'list.pt'} holds a list, not a state dict" in _refused(
+      capsys, "--official", tmp_path / "list.pt", "--output", out, "--config", tiny_config)
+  torch.save({"x_embedder.proj.bias": torch.zeros(2), "note": "hi"}, tmp_path / "str.pt")
+  assert "the entries ['note'] are not tensors" in _refused(
+      capsys, "--official", tmp_path / "str.pt", "--output", out, "--config", tiny_config)
+  assert not out.exists()
+
+
+def test_cli_training_checkpoint_with_args_uses_the_ema(tmp_path, tiny_config):
+  ema = official_state_dict(seed=4)
+  raw = {k: torch.from_numpy(v + 1) for k, v in ema.items()}
+  torch.save({"model": raw, "ema": {k: torch.from_numpy(v) for k, v in ema.items()}, "opt": {},
+              "args": argparse.Namespace(model="DiT-XL/2")}, tmp_path / "train.pt")
+  convert.main(["--official", str(tmp_path / "train.pt"), "--output", str(tmp_path / "out"),
+                "--config", str(tiny_config)])
+  _, params = checkpoint.restore_ema_params(str(tmp_path / "out"))
+  want = convert.params_from_official(ema, _model())
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, want)
+
+
+def test_cli_refuses_outputs_that_hold_checkpoints(tmp_path, tiny_config, capsys):
+  official = save_official(tmp_path / "official.pt", official_state_dict())
+  args = ["--official", official, "--config", tiny_config, "--output"]
+  convert.main(list(map(str, args + [tmp_path / "converted"])))
+  assert f"--output {tmp_path / 'converted'} already holds a checkpoint 0" in _refused(
+      capsys, *args, tmp_path / "converted")
+  # A digits training workdir (checkpoint 7) must not get an ImageNet-shaped checkpoint 0.
+  workdir = tmp_path / "digits"
+  config = _digits_smoke()
+  state = ts.init_train_state(config, sharding.create_mesh({"data": -1}), jax.random.key(0))
+  with checkpoint.manager_for_config(str(workdir), config) as manager:
+    checkpoint.save(manager, state.replace(step=jnp.int32(7)), config, force=True)
+  assert f"--output {workdir} is a training workdir (checkpoints ['7'])" in _refused(
+      capsys, *args, workdir)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["7"]
+
+
+def _digits_smoke():
+  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("smoke")
