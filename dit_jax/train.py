@@ -5,7 +5,8 @@ Config fields can be overridden on the command line (`--config.num_train_steps=5
 `jax.distributed` starts by itself on TPU pods and SLURM/Open MPI clusters, or from
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 
-The loop: validate the config (before anything compiles) -> build the mesh -> resume from
+The loop: validate the config (before anything compiles) -> lock the workdir for the run's life
+(a second run on it stops at once, naming the owner) -> build the mesh -> resume from
 WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
 assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
@@ -29,6 +30,7 @@ from dit_jax import data
 from dit_jax import metrics as metrics_lib
 from dit_jax import sharding
 from dit_jax import train_state as ts
+from dit_jax import workdir_lock
 from dit_jax.data import sources
 
 FLAGS = flags.FLAGS
@@ -151,6 +153,7 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
     config_checks.ConfigError: the config cannot work (raised before compiling).
     FloatingPointError: a step had a non-finite loss, gradient or update.
     ValueError: `workdir` is empty.
+    workdir_lock.WorkdirLockedError: another run is using `workdir` (raised before compiling).
   """
   if not str(workdir).strip():
     raise ValueError("--workdir is empty; name the run's directory (checkpoints and logs go "
@@ -158,6 +161,12 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
   devices = list(devices if devices is not None else jax.devices())
   config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())
   checkpoint.validate_init_from(config)
+  with workdir_lock.hold(workdir):
+    return _train_locked(config, workdir, devices)
+
+
+def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
+  """The body of `train`, run while this run holds the workdir's lock."""
   mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
                jax.process_count())

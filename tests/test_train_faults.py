@@ -6,9 +6,15 @@ Reference: an uninterrupted in-process run of the same config to STEPS steps.
   the step-keyed RNG to be restored exactly.
 - SIGTERM (preemption): the process saves a checkpoint at the current step and exits 0; resuming
   from it is again bit-identical to the reference.
+- Workdir lock: a second run (here in this process) on a workdir in use by a training process
+  stops at once, naming the workdir and
+  the first run's host and pid; after the first run is SIGKILLed its lock is taken over with a
+  warning naming the dead owner, and a finished run leaves the lock released.
 """
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +24,7 @@ import numpy as np
 import pytest
 
 from configs import digits
-from dit_jax import checkpoint, train
+from dit_jax import checkpoint, train, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
@@ -34,9 +40,10 @@ def _config():
   return config
 
 
-def _start(workdir):
+def _start(workdir, **overrides):
   cmd = [sys.executable, "-m", "dit_jax.train", "--config", "configs/digits.py:smoke",
-         "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+         "--workdir", str(workdir)] + [f"--config.{k}={v}"
+                                       for k, v in dict(OVERRIDES, **overrides).items()]
   return subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
 
@@ -91,3 +98,30 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(reference, tmp_path):
   assert EVERY <= max(steps) < STEPS, steps
   resumed = train.train(_config(), str(tmp_path))
   _assert_bit_identical(resumed, reference)
+
+
+def test_second_run_on_a_workdir_in_use_stops_and_a_dead_owner_is_taken_over(tmp_path, caplog):
+  first = _start(tmp_path, num_train_steps=10**6, checkpoint_every_steps=10**6)
+  lock = tmp_path / workdir_lock.LOCK_FILE
+  owner = f"host {socket.gethostname()}, pid {first.pid}, started"
+  deadline = time.monotonic() + TIMEOUT_S
+  while not (lock.exists() and owner in lock.read_text()):
+    assert first.poll() is None, first.stderr.read()[-3000:]
+    assert time.monotonic() < deadline, "the first run never took the lock"
+    time.sleep(POLL_S)
+  config = _config()
+  config.update(num_train_steps=2, checkpoint_every_steps=2)
+  try:
+    with pytest.raises(workdir_lock.WorkdirLockedError,
+                       match=re.escape(f"The workdir {tmp_path} is in use by another "
+                                       f"training run ({owner}")):
+      train.train(config, str(tmp_path), devices=jax.devices()[:1])
+    assert first.poll() is None  # the first run goes on
+  finally:
+    first.kill()
+  assert first.wait(TIMEOUT_S) == -signal.SIGKILL
+
+  with caplog.at_level("WARNING"):
+    train.train(config, str(tmp_path), devices=jax.devices()[:1])
+  assert "Taking over the workdir lock" in caplog.text and owner in caplog.text
+  assert lock.read_text() == ""  # released at exit
