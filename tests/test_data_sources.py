@@ -4,7 +4,8 @@
   center crop) and the reference's resize arithmetic (short side -> target, centered crop).
 - imagefolder: labels from sorted class folders, pixels equal to PIL decode + crop + (x/255-0.5)/0.5
   (torchvision's ToTensor/Normalize formula), a corrupt file skipped and counted once per epoch,
-  and errors that name a missing directory, an empty folder and an unknown TFDS dataset.
+  and errors that name a missing directory, an empty folder and an unknown TFDS dataset; a
+  skipped file is logged with its path (a truncated image's decoder error names none).
 - tfds: MNIST through `tfds.data_source` under `tfds.testing.mock_data` (no TensorFlow input).
 """
 import numpy as np
@@ -63,6 +64,22 @@ def test_imagefolder_pixels_labels_and_skipped_count(tmp_path):
       expected[path] = ((arr / 255.0 - 0.5) / 0.5, 0 if "/cat/" in path else 1)
   for x, y in zip(batch["x"], batch["y"]):
     assert any(np.array_equal(x, ex) and y == ey for ex, ey in expected.values())
+
+
+def test_skipped_images_are_logged_with_their_path(tmp_path, caplog):
+  (tmp_path / "cls").mkdir()
+  image = Image.fromarray(np.random.RandomState(1).randint(0, 256, (40, 40, 3), np.uint8))
+  image.save(tmp_path / "cls" / "a_whole.png")
+  whole = (tmp_path / "cls" / "a_whole.png").read_bytes()
+  (tmp_path / "cls" / "b_truncated.png").write_bytes(whole[:len(whole) // 2])
+  source = imagefolder.ImageFolderSource(str(tmp_path), 16)
+  with caplog.at_level("WARNING"):
+    example = source[1]  # the truncated file: replaced by the next one (wrapping to index 0)
+  assert example["skipped"] == 1
+  np.testing.assert_array_equal(example["x"], source.read(0)["x"])
+  # PIL's own message ("image file is truncated") names no file; the log line must.
+  assert f"cannot read {tmp_path / 'cls' / 'b_truncated.png'}: OSError: image file is truncated" \
+      in caplog.text
 
 
 def test_missing_and_empty_sources_are_named_errors(tmp_path):

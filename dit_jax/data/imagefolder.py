@@ -65,7 +65,12 @@ class ImageFolderSource(sources.SkippingSource):
     return os.path.join(self.root, self._paths[index].decode())
 
   def read(self, index: int) -> dict:
-    arr = load_image(self.path(index), self.image_size)
+    path = self.path(index)
+    try:
+      arr = load_image(path, self.image_size)
+    except Exception as e:  # pylint: disable=broad-except  # decoders raise many kinds
+      # Decoder messages ("image file is truncated") do not say which file: the skip log must.
+      raise OSError(f"cannot read {path}: {type(e).__name__}: {e}") from e
     return dict(x=transforms.uint8_to_unit(arr), y=self._labels[index])
 
   def __repr__(self) -> str:
