@@ -10,14 +10,24 @@ killed midway leaves a `*.orbax-checkpoint-tmp` directory that Orbax ignores, so
 
 Restores take abstract targets (jax.ShapeDtypeStruct with a sharding), so a checkpoint written
 on one mesh or device count is read straight into the shards of another.
+
+Damage (a file cut short, a missing `_METADATA`, an empty iterator or garbage config JSON): resume
+and EMA restores fall back to the newest intact step with a warning naming the damaged one.
+Resume moves damaged steps newer than the one it restores to WORKDIR/damaged_checkpoints/ (never
+deleting them), so the run can write those steps again. A checkpoint that is intact but does not
+fit the run (model shapes, batch size, process count) is refused by name before any array is read.
 """
+import gc
+import logging
 import os
+import re
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -29,12 +39,23 @@ CHECKPOINT_SUBDIR = "checkpoints"
 STATE_ITEM = "state"
 CONFIG_ITEM = "config"
 DATA_ITEM = "data"
+DAMAGED_SUBDIR = "damaged_checkpoints"  # beside checkpoints/: damaged steps moved aside on resume
 PARAMS = "params"
 EMA_PARAMS = "ema_params"
 # Replica-parallel saving splits each replicated array among its replicas, one compiled slice per
 # piece: a win for large arrays on pods, but ~0.1 s of compilation per small array. Arrays whose
 # per-replica piece would be under this size are written whole by their first replica.
 MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL = 4 << 20
+
+
+
+class CheckpointMismatchError(ValueError):
+  """An intact checkpoint that does not fit this run; the message names what differs."""
+
+
+class DamagedCheckpointError(RuntimeError):
+  """No intact checkpoint is left to restore; the message says which are damaged and what to do."""
+
 
 ocp.type_handlers.register_type_handler(
     jax.Array,
@@ -130,18 +151,67 @@ def restore_config(path: str, step: int | None = None) -> ml_collections.ConfigD
   return ml_collections.ConfigDict(restored[CONFIG_ITEM])
 
 
-def _check_shapes(path, step, saved_tree, target_tree, what: str) -> None:
-  """Raises a ValueError naming the first leaf whose saved shape differs from the model's."""
+def _check_shapes(path, step, saved_tree, target_tree, what: str,
+                  fix: str = "make config.model match the checkpoint's model") -> None:
+  """Raises CheckpointMismatchError naming the first leaf whose saved shape differs."""
   saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(saved_tree)}
   for key, target in jax.tree_util.tree_leaves_with_path(target_tree):
     name = jax.tree_util.keystr(key)
     if name not in saved:
-      raise ValueError(f"{what}{name} is missing in the checkpoint {path} (step {step}); "
-                       "the checkpoint was written for a different model.")
+      raise CheckpointMismatchError(
+          f"{what}{name} is missing in the checkpoint {path} (step {step}); the checkpoint was "
+          f"written for a different model: {fix}.")
     if tuple(saved[name].shape) != tuple(target.shape):
-      raise ValueError(
+      raise CheckpointMismatchError(
           f"{what}{name} has shape {tuple(saved[name].shape)} in {path} (step {step}) but the "
-          f"model needs {tuple(target.shape)}; make config.model match the checkpoint's model.")
+          f"model needs {tuple(target.shape)}; {fix}.")
+
+
+def _state_metadata(manager: ocp.CheckpointManager, step: int):
+  """The saved state's tree of array metadata (shapes); raises if it cannot be read."""
+  items = manager.item_metadata(step)
+  metadata = items[STATE_ITEM] if items is not None else None
+  metadata = getattr(metadata, "tree", metadata)
+  if metadata is None:
+    raise FileNotFoundError(f"{STATE_ITEM}/_METADATA of step {step} is missing or unreadable")
+  return metadata
+
+
+def _on_every_process(ok: bool) -> bool:
+  """Whether `ok` holds on every process (all must fall back together)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _newest_intact(path: epath.Path, steps, read: Callable[[int], Any], what_to_do: str):
+  """Tries `read(step)` from the newest step down; returns (step, result, damaged newer steps).
+
+  Any failure but CheckpointMismatchError marks the step damaged (TensorStore reports a file cut
+  short as a bare Exception). Raises DamagedCheckpointError when no step can be read.
+  """
+  damaged = []
+  for step in sorted(steps, reverse=True):
+    try:
+      result, error = read(step), None
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      result, error = None, e
+      # Orbax leaves the failed restore's other reads as coroutines; finalize them here, in this
+      # thread, rather than at a random later collection in a TensorStore thread (Python 3.11's
+      # traceback printing there races with this thread's use of `ast`).
+      gc.collect()
+    if _on_every_process(error is None):
+      return step, result, damaged
+    reason = (f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+              if error is not None else "unreadable on another process")
+    logging.warning("Checkpoint %s is damaged (%s); trying the previous step.", path / str(step),
+                    reason)
+    damaged.append(step)
+  raise DamagedCheckpointError(
+      f"No intact checkpoint in {path}: step(s) {damaged} could not be read (the warnings above "
+      f"say why); nothing was deleted. {what_to_do}")
 
 
 def restore_params(path: str, abstract: Any, *, step: int | None = None,
@@ -160,8 +230,7 @@ def restore_params(path: str, abstract: Any, *, step: int | None = None,
   ckpt_dir = checkpoint_dir(path)
   with create_manager(path, for_reading=True) as manager:
     step = _resolve_step(manager, step, ckpt_dir)
-    metadata = manager.item_metadata(step)[STATE_ITEM]
-    metadata = getattr(metadata, "tree", metadata)
+    metadata = _state_metadata(manager, step)
     for item in items:
       _check_shapes(ckpt_dir, step, metadata[item], abstract, f"{item}")
     target = {item: abstract for item in items}
@@ -176,18 +245,106 @@ def restore_ema_params(workdir: str, step: int | None = None,
                        mesh: jax.sharding.Mesh | None = None):
   """EMA weights for sampling: reads the saved config and `ema_params` only, no optimizer.
 
+  Without `step`, a damaged latest checkpoint is skipped with a warning (left in place) and the
+  newest intact one is read.
+
   Args:
     workdir: a training workdir or converted checkpoint (or its checkpoints/ directory).
-    step: checkpoint step (default: the latest).
+    step: checkpoint step (default: the newest intact one).
     mesh: where to place the weights (default: all devices, parameters replicated).
 
   Returns:
     (config, ema_params).
+
+  Raises:
+    FileNotFoundError: no checkpoint (or not that step).
+    DamagedCheckpointError: no intact one (or that step is damaged).
   """
-  config = restore_config(workdir, step)
   mesh = mesh or sharding.create_mesh({"data": -1})
-  abstract = ts.abstract_params(config, mesh)
-  return config, restore_params(workdir, abstract, step=step, items=(EMA_PARAMS,))[EMA_PARAMS]
+  path = checkpoint_dir(workdir)
+  with create_manager(workdir, for_reading=True) as manager:
+    _resolve_step(manager, step, path)  # raises when there is no checkpoint (or no such step)
+    steps = [step] if step is not None and step >= 0 else manager.all_steps()
+
+  def read(s):
+    config = restore_config(workdir, s)
+    abstract = ts.abstract_params(config, mesh)
+    return config, restore_params(workdir, abstract, step=s, items=(EMA_PARAMS,))[EMA_PARAMS]
+
+  _, result, _ = _newest_intact(
+      path, steps, read, "Sample from another step (--step) or workdir, or train again.")
+  return result
+
+
+def _check_resumable(manager: ocp.CheckpointManager, step: int, config,
+                     abstract_state: ts.TrainState) -> None:
+  """Refuses (CheckpointMismatchError) a checkpoint this run cannot continue; read errors propagate
+  (the step is then treated as damaged)."""
+  path = epath.Path(manager.directory)
+  saved = manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+  saved_batch = saved[CONFIG_ITEM]["global_batch_size"]
+  if saved_batch != config.global_batch_size:
+    raise CheckpointMismatchError(
+        f"config.global_batch_size={config.global_batch_size} but the checkpoint {path / str(step)} "
+        f"was trained with {saved_batch}: its data position counts batches of {saved_batch}, so "
+        f"another size would repeat or skip examples. Resume with --config.global_batch_size="
+        f"{saved_batch}, or train the new batch size in another --workdir (config.init_from="
+        f"{path.parent} starts it from these weights).")
+  counts = {int(m.group(1)) for p in (path / str(step) / DATA_ITEM).glob("process_*.json")
+            if (m := re.search(r"-of-(\d+)\.json$", p.name))}
+  if counts and jax.process_count() not in counts:
+    raise CheckpointMismatchError(
+        f"The checkpoint {path / str(step)} holds the data positions of {sorted(counts)} "
+        f"processes but this run has {jax.process_count()}; resume with that many processes.")
+  _check_shapes(path, step, _state_metadata(manager, step)[PARAMS], abstract_state.params,
+                PARAMS, fix="resume with the checkpoint's config.model, or train the new model "
+                "in another --workdir")
+
+
+def _move_aside(path: epath.Path, steps) -> epath.Path:
+  """Moves damaged step directories to DAMAGED_SUBDIR beside `path` (process 0); returns it."""
+  target_dir = path.parent / DAMAGED_SUBDIR
+  if jax.process_index() == 0:
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target, n = target_dir / str(step), 0
+      while target.exists():
+        n += 1
+        target = target_dir / f"{step}.{n}"
+      (path / str(step)).rename(target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("dit_jax: damaged checkpoints moved aside")
+  return target_dir
+
+
+def restore_latest_intact(manager: ocp.CheckpointManager, config, abstract_state: ts.TrainState,
+                          data_iterator=None) -> ts.TrainState | None:
+  """Resumes a run: the newest intact checkpoint's state and data position (None: no checkpoint).
+
+  Each step is first checked against the run (batch size, process count, parameter shapes:
+  CheckpointMismatchError). A step that cannot be read is damaged: the previous one is tried, and
+  the damaged newer steps are moved to WORKDIR/damaged_checkpoints/ with a warning, so the run
+  can save those steps again. DamagedCheckpointError when none is intact.
+  """
+  steps = manager.all_steps()
+  if not steps:
+    return None
+  path = epath.Path(manager.directory)
+
+  def read(step):
+    _check_resumable(manager, step, config, abstract_state)
+    return restore_state(manager, abstract_state, data_iterator, step)
+
+  step, state, damaged = _newest_intact(
+      path, steps, read,
+      f"To start this run from scratch, move {path} away (or pass another --workdir); to keep "
+      "its progress, restore the damaged files from a copy.")
+  if damaged:
+    moved = _move_aside(path, damaged)
+    manager.reload()
+    logging.warning("Resuming from step %d. The damaged step(s) %s were moved to %s (nothing "
+                    "was deleted).", step, damaged, moved)
+  return state
 
 
 def save_params_only(workdir: str, config, params) -> None:

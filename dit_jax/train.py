@@ -129,11 +129,11 @@ def check_finite(step: int, metrics: dict) -> None:
 
 
 def _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng):
-  """Resumes from the workdir's latest checkpoint, else initializes (and loads init_from)."""
-  latest = manager.latest_step()
-  if latest is not None:
-    logging.info("Resuming from %s step %d.", manager.directory, latest)
-    return checkpoint.restore_state(manager, abstract_state, data_iterator, latest)
+  """Resumes from the workdir's newest intact checkpoint, else initializes (and loads init_from)."""
+  state = checkpoint.restore_latest_intact(manager, config, abstract_state, data_iterator)
+  if state is not None:
+    logging.info("Resumed from %s step %d.", manager.directory, int(jax.device_get(state.step)))
+    return state
   state = ts.init_train_state(config, mesh, init_rng)
   if config.get("init_from"):
     logging.info("Initializing params and EMA from %s.", config.init_from)

@@ -9,13 +9,21 @@ target shardings requested; no training is needed, so states come from `init_tra
   a checkpoint of another model is refused naming the parameter.
 - A save killed midway (a leftover `*.orbax-checkpoint-tmp`) is ignored: the latest complete
   checkpoint is used.
+- A damaged latest checkpoint (a TensorStore file cut short, no `_METADATA`, an empty iterator
+  JSON, garbage config JSON): resume restores the previous step exactly (state and data position)
+  and moves the damaged one to damaged_checkpoints/; sampling reads the previous EMA and leaves
+  the damaged one in place; with nothing intact both say what to do.
+- Resuming with another model shape or batch size is refused by name before any array is read.
 """
+import pathlib
+import shutil
+
 import jax
 import numpy as np
 import pytest
 
 from configs import digits
-from dit_jax import checkpoint, sharding
+from dit_jax import checkpoint, data, sharding, train
 from dit_jax import train_state as ts
 
 
@@ -116,3 +124,115 @@ def test_unfinished_save_is_ignored(saved, tmp_path):
     leftover.rmdir()
   with pytest.raises(FileNotFoundError, match="train first"):
     checkpoint.restore_ema_params(str(tmp_path / "empty"))
+
+
+def _truncate_arrays(step_dir):
+  for path in pathlib.Path(step_dir, "state").rglob("d/*"):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+
+
+DAMAGE = {
+    "array file cut short": _truncate_arrays,
+    "no _METADATA": lambda d: (d / "state" / "_METADATA").unlink(),
+    "empty iterator JSON": lambda d: (d / "data" / "process_0-of-1.json").write_text(""),
+    "garbage config JSON": lambda d: (d / "config" / "metadata").write_text("{garbage"),
+}
+
+
+def _iterator(config):
+  return iter(data.create_dataset(config.data, global_batch_size=config.global_batch_size,
+                                  seed=config.seed, process_index=0, process_count=1))
+
+
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory, devices):
+  """Steps 3 and 5 of a run (different weights, EMA and data positions), saved from data=8."""
+  config = _config()
+  mesh = _mesh(devices, data=8)
+  state = ts.init_train_state(config, mesh, jax.random.key(5))
+  iterator = _iterator(config)
+  workdir = tmp_path_factory.mktemp("two")
+  saved = {}
+  with checkpoint.manager_for_config(str(workdir), config) as manager:
+    for step in (3, 5):
+      next(iterator)
+      state = state.replace(step=state.step * 0 + step,
+                            ema_params=jax.tree.map(lambda p, s=step: p * s, state.params))
+      checkpoint.save(manager, state, config, iterator)
+      manager.wait_until_finished()
+      saved[step] = (jax.device_get(state), next(_copy_position(iterator, config)))
+  return workdir, saved
+
+
+def _copy_position(iterator, config):
+  """A fresh iterator at `iterator`'s position (to compare the next batch)."""
+  fresh = _iterator(config)
+  fresh.set_state(iterator.get_state())
+  return fresh
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_latest_checkpoint_falls_back(two_steps, tmp_path, devices, caplog, damage):
+  source, saved = two_steps
+  config = _config()
+  for name in ("resume", "sample"):
+    shutil.copytree(source, tmp_path / name)
+    DAMAGE[damage](checkpoint.checkpoint_dir(str(tmp_path / name)) / "5")
+  damaged = checkpoint.checkpoint_dir(str(tmp_path / "resume")) / "5"
+
+  abstract, _ = ts.abstract_train_state(config, _mesh(devices, data=8))
+  iterator = _iterator(config)
+  with caplog.at_level("WARNING"), checkpoint.manager_for_config(
+      str(tmp_path / "resume"), config) as manager:
+    state = checkpoint.restore_latest_intact(manager, config, abstract, iterator)
+    assert manager.all_steps() == [3]
+  _assert_trees_equal(state, saved[3][0])
+  np.testing.assert_array_equal(next(iterator)["x"], saved[3][1]["x"])  # step 3's data position
+  assert f"Checkpoint {damaged} is damaged" in caplog.text
+  moved = tmp_path / "resume" / checkpoint.DAMAGED_SUBDIR / "5"
+  assert f"moved to {moved.parent}" in caplog.text and (moved / "state").is_dir()
+
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    _, ema = checkpoint.restore_ema_params(str(tmp_path / "sample"), mesh=_mesh(devices[:1]))
+  sampled_step = 5 if damage == "empty iterator JSON" else 3  # sampling reads no iterator
+  _assert_trees_equal(ema, saved[sampled_step][0].ema_params)
+  assert (sampled_step == 3) == ("is damaged" in caplog.text)
+  assert (checkpoint.checkpoint_dir(str(tmp_path / "sample")) / "5" / "state").is_dir()
+
+
+def test_no_intact_checkpoint_says_what_to_do(two_steps, tmp_path, devices):
+  source, _ = two_steps
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  for step in ("3", "5"):
+    _truncate_arrays(checkpoint.checkpoint_dir(str(tmp_path)) / step)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=r"No intact checkpoint in .*: step\(s\) \[5, 3\] could not be read.*"
+                           r"nothing was deleted\. To start this run from scratch, move"):
+    train.train(_config(), str(tmp_path), devices=devices)
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=r"step\(s\) \[5, 3\].*--step"):
+    checkpoint.restore_ema_params(str(tmp_path), mesh=_mesh(devices[:1]))
+  assert sorted(p.name for p in checkpoint.checkpoint_dir(str(tmp_path)).iterdir()) == ["3", "5"]
+
+
+def test_resume_with_another_model_names_the_parameter(two_steps, tmp_path, devices):
+  source, _ = two_steps
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  config = _config()
+  config.model.hidden_size = 64
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"params\['blocks_0'\]\['adaLN_modulation'\]\['bias'\] has shape \(192,\) "
+                           r"in .* \(step 5\) but the model needs \(384,\); resume with the "
+                           r"checkpoint's config.model"):  # 6 x width
+    train.train(config, str(tmp_path), devices=devices)
+
+
+def test_resume_with_another_batch_size_is_refused(two_steps, tmp_path, devices):
+  source, _ = two_steps
+  shutil.copytree(source, tmp_path, dirs_exist_ok=True)
+  config = _config()
+  config.global_batch_size = 32
+  with pytest.raises(checkpoint.CheckpointMismatchError,
+                     match=r"config.global_batch_size=32 but the checkpoint .*5 was trained with "
+                           r"16: .* Resume with --config.global_batch_size=16"):
+    train.train(config, str(tmp_path), devices=devices)

@@ -6,12 +6,16 @@ Reference: an uninterrupted in-process run of the same config to STEPS steps.
   the step-keyed RNG to be restored exactly.
 - SIGTERM (preemption): the process saves a checkpoint at the current step and exits 0; resuming
   from it is again bit-identical to the reference.
+- A damaged latest checkpoint (its array files cut short): a resuming process warns naming it,
+  moves it to damaged_checkpoints/, resumes from the previous step and ends bit-identical to the
+  reference.
 - Workdir lock: a second run (here in this process) on a workdir in use by a training process
   stops at once, naming the workdir and
   the first run's host and pid; after the first run is SIGKILLed its lock is taken over with a
   warning naming the dead owner, and a finished run leaves the lock released.
 """
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -24,7 +28,8 @@ import numpy as np
 import pytest
 
 from configs import digits
-from dit_jax import checkpoint, train, workdir_lock
+from dit_jax import checkpoint, sharding, train, workdir_lock
+from dit_jax import train_state as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 60
@@ -97,6 +102,26 @@ def test_sigterm_saves_exits_zero_and_resumes_exactly(reference, tmp_path):
   steps = _steps(tmp_path)
   assert EVERY <= max(steps) < STEPS, steps
   resumed = train.train(_config(), str(tmp_path))
+  _assert_bit_identical(resumed, reference)
+
+
+def test_resume_skips_a_damaged_checkpoint_and_is_bit_identical(reference, tmp_path):
+  config = _config()
+  config.num_train_steps = 2 * EVERY
+  train.train(config, str(tmp_path))
+  damaged = checkpoint.checkpoint_dir(str(tmp_path)) / str(2 * EVERY)
+  for path in pathlib.Path(str(damaged), "state").rglob("d/*"):
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  proc = _start(tmp_path)
+  _, err = proc.communicate(timeout=TIMEOUT_S)
+  assert proc.returncode == 0, err[-3000:]
+  assert f"Checkpoint {damaged} is damaged" in err
+  assert f"Resuming from step {EVERY}. The damaged step(s) [{2 * EVERY}] were moved to" in err
+  assert (tmp_path / checkpoint.DAMAGED_SUBDIR / str(2 * EVERY) / "state").is_dir()
+  with checkpoint.manager_for_config(str(tmp_path), _config()) as manager:
+    assert max(manager.all_steps()) == STEPS
+    mesh = sharding.create_mesh(_config().mesh.to_dict())
+    resumed = checkpoint.restore_state(manager, ts.abstract_train_state(_config(), mesh)[0])
   _assert_bit_identical(resumed, reference)
 
 
