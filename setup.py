@@ -21,10 +21,13 @@ setup(
     packages=find_packages(include=["dit_jax", "dit_jax.*"]),
     install_requires=read_requirements(),
     extras_require={
-        # Parity tests compare against the PyTorch reference implementations in diffusers.
+        # Parity tests compare against the PyTorch reference implementations in diffusers and
+        # pytorch-fid (whose torchvision import tests/fid_oracle.py shims beside the CPU torch).
         "test": [
             "pytest>=8.0",
             "torch==2.13.0",
+            "torchvision==0.28.0",
+            "pytorch-fid==0.3.0",
             "diffusers>=0.30",
             "safetensors>=0.4",
             "nbformat>=5.9",
