@@ -25,6 +25,8 @@ import optax
 from flax import linen as nn
 from flax import serialization
 
+from dit_jax.evaluation import metrics
+
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
 HIDDEN_DIM = 256
@@ -165,27 +167,6 @@ def classify(samples) -> tuple[np.ndarray, np.ndarray]:
   return _predict(params, to_unit_images(samples))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
-
-  ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), with the trace of the
-  matrix square root computed as sum sqrt(eig(s1^(1/2) sigma2 s1^(1/2))): that matrix is
-  symmetric PSD, so eigvalsh is stable and never goes complex as scipy's sqrtm can.
-  """
-  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-  evals, evecs = np.linalg.eigh(sigma1)
-  sqrt1 = (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
-  cross = np.linalg.eigvalsh(sqrt1 @ sigma2 @ sqrt1)
-  tr_sqrt = np.sum(np.sqrt(np.clip(cross, 0.0, None)))
-  return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_sqrt)
-
-
-def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and (unbiased) covariance of feature rows."""
-  return features.mean(0), np.cov(features, rowvar=False)
-
-
 def mean_pairwise_distance(features: np.ndarray) -> float:
   """Mean Euclidean distance over distinct pairs of rows (0 for fewer than two rows)."""
   if len(features) < 2:
@@ -208,7 +189,7 @@ def real_reference():
   images, labels = real_digits()
   params, _ = load_classifier()
   _, features = _predict(params, images)
-  return features, gaussian_stats(features), per_class_variety(features, labels)
+  return features, metrics.mean_cov(features), per_class_variety(features, labels)
 
 
 def digits_quality(samples, labels) -> dict[str, float]:
@@ -239,7 +220,7 @@ def digits_quality(samples, labels) -> dict[str, float]:
   real_variety = float(np.mean([real_var[c] for c in classes])) if classes else 0.0
   return dict(
       accuracy=float(np.mean(preds == labels)),
-      fd=frechet_distance(*gaussian_stats(features), mu_real, sigma_real),
+      fd=metrics.frechet_distance(*metrics.mean_cov(features), mu_real, sigma_real),
       variety=variety,
       real_variety=real_variety,
       variety_ratio=variety / real_variety if real_variety else 0.0,
