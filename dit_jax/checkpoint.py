@@ -282,7 +282,7 @@ def _check_resumable(manager: ocp.CheckpointManager, step: int, config,
   (the step is then treated as damaged)."""
   path = epath.Path(manager.directory)
   saved = manager.restore(step, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
-  saved_batch = saved[CONFIG_ITEM]["global_batch_size"]
+  saved_batch = saved[CONFIG_ITEM].get("global_batch_size", config.global_batch_size)
   if saved_batch != config.global_batch_size:
     raise CheckpointMismatchError(
         f"config.global_batch_size={config.global_batch_size} but the checkpoint {path / str(step)} "
