@@ -53,6 +53,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "all" guides the eps channel only (the official 3-channel rule would also guide the variance).
   config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="all")
 
+  # FID/sFID/IS/precision/recall during training (dit_jax.evaluation): off for the digits, which
+  # keep their own classifier metrics (eval/accuracy, eval/fd); see configs/imagenet.py.
+  config.eval = dict(every_steps=0, num_samples=1000, reference="", inception_weights="",
+                     sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="all",
+                     batch_size=0, seed=0)
+
   config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
 

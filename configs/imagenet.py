@@ -92,6 +92,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # guidance "official": CFG on output channels 0..2, as the released code (and its FIDs) do.
   config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5, guidance="official")
 
+  # FID during training (off: every_steps=0). The usual choice is FID-10K every 50K steps against
+  # ADM's reference batch, without guidance as in the paper's scaling plots:
+  #   --config.eval.every_steps=50000 --config.eval.reference=VIRTUAL_imagenet256_labeled.npz
+  # (latent samples are decoded with config.data.vae; eval/fid, eval/sfid, eval/is,
+  # eval/precision and eval/recall go to TensorBoard).
+  config.eval = dict(every_steps=0, num_samples=10_000, reference="", inception_weights="",
+                     sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="official",
+                     batch_size=0, seed=0)
+
   config.mesh = dict(data=1, fsdp=-1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
 

@@ -113,20 +113,27 @@ def _check_training(config) -> None:
 
 
 def _check_sampling(config) -> None:
-  """The sample section must suit the objective: training samples grids with it, mid-run."""
+  """The sample (and, when on, eval) sections must suit the objective: training samples with
+  them mid-run."""
   from dit_jax.diffusion.guidance import GUIDANCE_MODES  # local: as the model import above
   from dit_jax.diffusion.objective import SAMPLERS
+  from dit_jax.evaluation import during_training
   objective = config.diffusion.get("objective", "gaussian")
-  sample_cfg = config.get("sample") or {}
-  sampler = sample_cfg.get("sampler", "ddpm")
-  if sampler not in SAMPLERS[objective]:
-    raise ConfigError(
-        f"config.sample.sampler={sampler!r} does not go with config.diffusion.objective="
-        f"{objective!r}; use one of {SAMPLERS[objective]}.")
-  guidance = sample_cfg.get("guidance") or "official"
-  if guidance not in GUIDANCE_MODES:
-    raise ConfigError(
-        f"config.sample.guidance={guidance!r} is not one of {tuple(GUIDANCE_MODES)}.")
+  sections = ["sample"] + (["eval"] if during_training.enabled(config) else [])
+  for section in sections:
+    section_cfg = config.get(section) or {}
+    sampler = section_cfg.get("sampler") or "ddpm"
+    if sampler not in SAMPLERS[objective]:
+      raise ConfigError(
+          f"config.{section}.sampler={sampler!r} does not go with config.diffusion.objective="
+          f"{objective!r}; use one of {SAMPLERS[objective]}.")
+    guidance = section_cfg.get("guidance") or "official"
+    if guidance not in GUIDANCE_MODES:
+      raise ConfigError(
+          f"config.{section}.guidance={guidance!r} is not one of {tuple(GUIDANCE_MODES)}.")
+  problems = during_training.check_config(config)
+  if problems:
+    raise ConfigError(" ".join(problems))
 
 
 def _check_data(config) -> None:

@@ -6,7 +6,8 @@ and MFU from `dit_jax.flops` (training = 3 x forward, 2 FLOPs per multiply-accum
 clu's ReportProgress (steps/s, ETA). Optionally a profiler window and a grid of EMA samples
 (TensorBoard image + PNG under WORKDIR/samples/); for the digits source the grid is also scored
 with `dit_jax.quality` (eval/accuracy, eval/fd, eval/variety_ratio), so sample quality is
-tracked during training.
+tracked during training. FID and the other ADM scores come from ``config.eval``
+(``dit_jax.evaluation.during_training``) through ``write_eval``.
 """
 import logging
 import time
@@ -164,6 +165,14 @@ class TrainMonitor:
       with (out_dir / f"step_{step:08d}.png").open("wb") as f:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
     self._window_start = (step, time.perf_counter())  # keep sampling out of the throughput
+
+  def write_eval(self, step: int, scalars: dict[str, float]) -> None:
+    """Logs sample-quality scores (``dit_jax.evaluation.during_training``) from process 0."""
+    if self.is_chief:
+      self.writer.write_scalars(step, scalars)
+      self.writer.flush()
+      logging.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+    self._window_start = (step, time.perf_counter())  # keep the evaluation out of the throughput
 
   def close(self) -> None:
     self.writer.flush()

@@ -9,15 +9,20 @@ A grid file defines ``get_sweep() -> dict`` with
   axes:       [{"field.path": [values], ...}, ...]: fields inside one dict vary together (zipped,
               e.g. width with heads); the runs are the product over the dicts.
   keep:       optional predicate on a run's {"field.path": value} dict to prune the product.
-  evaluation: optional dict(quality="digits", num_samples=, sampler=, num_sampling_steps=):
-              sample each finished run with ``dit_jax.sample`` and score it.
+  evaluation: optional dict(quality="digits" | "fid", num_samples=, sampler=,
+              num_sampling_steps=, cfg_scale=; for "fid" also reference= and optionally
+              inception_weights=): sample each finished run with ``dit_jax.sample`` and score
+              it, with the digits classifier or with ``dit_jax.evaluate`` (FID, sFID, IS,
+              precision, recall against the reference npz).
 Runs are named from their values ("p2_w128_d4") and live in WORKDIR_ROOT/NAME. ``--run local``
 trains them one after another (subprocesses of ``dit_jax.train``), skipping runs whose final
 checkpoint exists; ``print`` prints one ``launch/up.sh`` command per run (a TPU each, named
 TPU_PREFIX-NAME); ``launch`` runs those commands. ``--report`` collects every finished run's
 final metrics (cached in WORKDIR/sweep_result.json) and writes results.csv, results.md and
 PNG plots of loss and quality against Gflops and training compute, each with a power law
-y = a * x^b fitted by least squares in log-log space.
+y = a * x^b fitted by least squares in log-log space. A run trained with ``config.eval`` (FID
+during training) reports its last logged ``eval/fid`` when the grid has no evaluation, so the
+paper's plot, FID against forward Gflops, comes either way.
 
 Gflops are forward multiply-accumulates per image (the paper's convention, ``dit_gflops``);
 training compute = Gflops x global batch x steps x 3 (forward + backward). The final loss is
@@ -51,8 +56,12 @@ ABBREVIATIONS = {"patch_size": "p", "hidden_size": "w", "depth": "d", "num_heads
                  "global_batch_size": "bs", "num_train_steps": "steps"}
 # Metrics plotted against compute: (column, label); "error" is 1 - accuracy (lower is better,
 # like the loss and the Fréchet distance, so all three can follow decreasing power laws).
-PLOTTED = (("final_loss", "final training loss"), ("fd", "Fréchet distance (digits features)"),
+PLOTTED = (("final_loss", "final training loss"), ("fid", "FID (Inception pool3)"),
+           ("fd", "Fréchet distance (digits features)"),
            ("error", "classifier error (1 - accuracy)"))
+QUALITIES = ("digits", "fid")
+FID_FILE = "sweep_fid.json"
+FID_SCORES = ("fid", "sfid", "inception_score", "precision", "recall")
 X_AXES = (("gflops", "forward Gflops per image"),
           ("train_compute", "training compute (Gflops x batch x steps x 3)"))
 LAUNCH_UP = pathlib.Path(__file__).resolve().parent.parent / "launch" / "up.sh"
@@ -219,9 +228,11 @@ def final_loss(scalars: dict, num_steps: int) -> float:
 
 def evaluate_quality(evaluation: dict, workdir: str) -> dict:
   """Samples the run's EMA model with ``dit_jax.sample`` and scores the samples."""
-  if evaluation.get("quality") != "digits":
-    raise ValueError(f"evaluation quality {evaluation.get('quality')!r} unknown; use 'digits'.")
-  from dit_jax import quality  # pylint: disable=import-outside-toplevel
+  kind = evaluation.get("quality")
+  if kind not in QUALITIES:
+    raise ValueError(f"evaluation quality {kind!r} unknown; use one of {QUALITIES}.")
+  if kind == "fid" and not evaluation.get("reference"):
+    raise ValueError("evaluation quality 'fid' needs reference= (a reference npz).")
   output = str(epath.Path(workdir) / SAMPLES_FILE)
   cmd = [sys.executable, "-m", "dit_jax.sample", f"--workdir={workdir}", f"--output={output}",
          f"--num_samples={evaluation.get('num_samples', 1000)}", "--seed=0", "--eval=false"]
@@ -229,9 +240,23 @@ def evaluate_quality(evaluation: dict, workdir: str) -> dict:
     if key in evaluation:
       cmd.append(f"--{key}={evaluation[key]}")
   subprocess.run(cmd, check=True)
+  if kind == "fid":
+    return fid_scores(evaluation, output, str(epath.Path(workdir) / FID_FILE))
+  from dit_jax import quality  # pylint: disable=import-outside-toplevel
   with epath.Path(output).open("rb") as f:
     data = np.load(f)
     return quality.digits_quality(data["arr_0"], data["labels"])
+
+
+def fid_scores(evaluation: dict, samples: str, output: str) -> dict:
+  """Runs ``dit_jax.evaluate`` on the samples; returns FID, sFID, IS, precision and recall."""
+  cmd = [sys.executable, "-m", "dit_jax.evaluate", f"--samples={samples}",
+         f"--reference={evaluation['reference']}", f"--output={output}"]
+  if evaluation.get("inception_weights"):
+    cmd.append(f"--inception_weights={evaluation['inception_weights']}")
+  subprocess.run(cmd, check=True)
+  result = json.loads(epath.Path(output).read_text())
+  return {k: result[k] for k in FID_SCORES if result.get(k) is not None}
 
 
 def collect(grid: dict, run: Run, workdir: str) -> dict | None:
@@ -244,7 +269,10 @@ def collect(grid: dict, run: Run, workdir: str) -> dict | None:
     return None
   row = dict(name=run.name, **{k.rsplit(".", 1)[-1]: v for k, v in run.values.items()},
              **model_stats(config))
-  row["final_loss"] = final_loss(read_scalars(workdir), config.num_train_steps)
+  scalars = read_scalars(workdir)
+  row["final_loss"] = final_loss(scalars, config.num_train_steps)
+  if "eval/fid" in scalars:  # FID during training (config.eval): its last value
+    row["fid"] = scalars["eval/fid"][-1][1]
   if grid.get("evaluation"):
     metrics = evaluate_quality(grid["evaluation"], workdir)
     row.update(metrics)

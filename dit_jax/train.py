@@ -10,9 +10,10 @@ The loop: validate the config (before anything compiles) -> lock the workdir for
 WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
 abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
 assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
-metrics, EMA sample grids and async checkpoints on their schedules. SIGTERM (preemption) saves
-at the current step and exits 0; a non-finite loss, gradient or update raises FloatingPointError
-naming the step (the bad update is never applied or saved).
+metrics, EMA sample grids, sample-quality scores (config.eval: FID, sFID, IS, precision, recall)
+and async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and
+exits 0; a non-finite loss, gradient or update raises FloatingPointError naming the step (the
+bad update is never applied or saved).
 """
 import glob
 import logging
@@ -32,6 +33,7 @@ from dit_jax import sharding
 from dit_jax import train_state as ts
 from dit_jax import workdir_lock
 from dit_jax.data import sources
+from dit_jax.evaluation import during_training
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:ARG].",
@@ -189,6 +191,8 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
     train_step = ts.jit_train_step(config, mesh, state_shardings)
     encode = make_latent_encoder(config, mesh)
     monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)
+    evaluator = (during_training.TrainingEvaluator(config, mesh)
+                 if during_training.enabled(config) else None)
     if step == 0:
       monitor.write_hparams()
     start_step, previous = step, None
@@ -210,6 +214,8 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
         checkpoint.save(manager, state, config, data_iterator, force=preempted)
       if config.sample_every_steps and step % config.sample_every_steps == 0:
         monitor.write_samples(step, state.ema_params, sample_rng)
+      if evaluator is not None and evaluator.due(step):
+        monitor.write_eval(step, evaluator(state.ema_params))
       if preempted:
         logging.warning("Preempted: saved step %d; exiting.", step)
         break

@@ -95,11 +95,13 @@ def test_final_loss_averages_the_last_tenth():
 def test_write_report(tmp_path):
   gflops = np.array([0.01, 0.03, 0.1, 0.3])
   rows = [dict(name=f"r{i}", gflops=g, params=int(g * 1e6), train_compute=g * 1e5,
-               final_loss=0.5 * g**-0.1, fd=2.0 * g**-0.5, accuracy=1 - 0.01 * g**-0.3, error=0.01 * g**-0.3)
+               final_loss=0.5 * g**-0.1, fid=20.0 * g**-0.4, fd=2.0 * g**-0.5,
+               accuracy=1 - 0.01 * g**-0.3, error=0.01 * g**-0.3)
           for i, g in enumerate(gflops[::-1])]
   exponents = sweep.write_report(rows, str(tmp_path))
   assert exponents["final_loss vs gflops"] == pytest.approx(-0.1)
   assert exponents["fd vs gflops"] == pytest.approx(-0.5)
+  assert exponents["fid vs gflops"] == pytest.approx(-0.4)  # the paper's plot: FID vs Gflops
   assert exponents["error vs train_compute"] == pytest.approx(-0.3)
   with open(tmp_path / "results.csv") as f:
     table = list(csv.DictReader(f))
