@@ -1,11 +1,16 @@
 """Official DiT weights (facebookresearch/DiT state dicts) -> Flax params of ``DiT``.
 
+  python -m dit_jax.convert --official XL/2-256 --output DIR          # or XL/2-512
   python -m dit_jax.convert --official DiT-XL-2-256x256.pt --output DIR [--image_size 256]
 
 reads a released checkpoint (torch is imported only by this command line), converts it and
 writes DIR/checkpoints/0 with the layout of dit_jax.checkpoint (state = {step, params,
 ema_params}, both the converted EMA weights, and the config of configs/imagenet.py for that
 variant and resolution), which ``python -m dit_jax.sample --workdir DIR`` restores.
+
+``--official XL/2-256`` (or ``XL/2-512``) downloads the released file from DiT's download URL
+(``OFFICIAL_BASE_URL``; $DIT_JAX_OFFICIAL_URL names a mirror) into ``dit_jax.downloads.cache_dir()``
+once, checked by sha256 (``dit_jax.downloads``), and converts it; a local path converts that file.
 
 Layout changes (official -> Flax): Linear weights (out, in) -> kernels (in, out); the fused qkv
 (3D, D) -> (D, 3, heads, head_dim) (the official output order is (3, heads, head_dim)); the
@@ -24,6 +29,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
+from dit_jax import downloads
 from dit_jax.models import layers
 from dit_jax.models.dit import DiT, build_model, init_inputs
 from dit_jax.models.vae_weights import vae_params_from_diffusers  # noqa: F401  (public API)
@@ -31,6 +37,17 @@ from dit_jax.models.vae_weights import vae_params_from_diffusers  # noqa: F401  
 POS_EMBED = "pos_embed"
 POS_EMBED_ATOL = 1e-5
 IMAGENET_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "imagenet.py"
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/DiT/models"  # DiT's download.py
+OFFICIAL_URL_ENV = "DIT_JAX_OFFICIAL_URL"
+# Released checkpoints: name ("variant-resolution") -> (file name, sha256 or None). Meta
+# publishes no hashes. The 256 px value is the one two independent projects pin after
+# downloading the file (2,700,611,775 bytes); no source states one for 512 px, so its first
+# download's sha256 is recorded and later uses are checked against it (dit_jax.downloads).
+OFFICIAL_CHECKPOINTS = {
+    "XL/2-256": ("DiT-XL-2-256x256.pt",
+                 "9ec1876e4c03471bca126663a30e2d1b20610b6d2f87850a39a36f25cc685521"),
+    "XL/2-512": ("DiT-XL-2-512x512.pt", None),
+}
 OFFICIAL_FILES = ("pass a released DiT .pt (e.g. DiT-XL-2-256x256.pt) or a checkpoint of DiT's "
                   "train.py ({model, ema, opt, args}).")
 # Official block submodule -> (Flax path inside a block, number of kernel input axes).
@@ -179,8 +196,6 @@ def _load_official(path: str) -> dict:
   """
   import torch  # only the command line needs torch
 
-  if not os.path.isfile(path):
-    raise ValueError(f"--official {path} does not exist.")
   try:  # training checkpoints hold their argparse arguments: a plain attribute container
     with torch.serialization.safe_globals([argparse.Namespace]):
       state = torch.load(path, map_location="cpu", weights_only=True)
@@ -218,27 +233,74 @@ def _check_output(output: str) -> None:
                      "checkpoint 0 of another model among them. Give a new directory.")
 
 
+def official_checkpoint(name: str) -> pathlib.Path:
+  """The cached, hash-checked released checkpoint ``name`` (a key of OFFICIAL_CHECKPOINTS),
+  downloaded from OFFICIAL_BASE_URL ($DIT_JAX_OFFICIAL_URL if set) on first use."""
+  file_name, sha256 = OFFICIAL_CHECKPOINTS[name]
+  base = os.environ.get(OFFICIAL_URL_ENV) or OFFICIAL_BASE_URL
+  return downloads.download(f"{base.rstrip('/')}/{file_name}", sha256=sha256,
+                            manual_hint=f"Download {file_name} by other means and pass its path "
+                                        "as --official.")
+
+
+def _resolve(official: str, variant: str | None, image_size: int | None) -> tuple[str, str, int]:
+  """(local file, variant, image size) for --official: a released name or a local path."""
+  if official in OFFICIAL_CHECKPOINTS:
+    named_variant, named_size = official.rsplit("-", 1)
+    for flag, given, named in (("--variant", variant, named_variant),
+                               ("--image_size", image_size, int(named_size))):
+      if given is not None and given != named:
+        raise ValueError(f"--official {official} is DiT-{named_variant} at {named_size} px; "
+                         f"{flag} {given} contradicts it (leave {flag} out).")
+    return str(official_checkpoint(official)), named_variant, int(named_size)
+  if not os.path.isfile(official):
+    raise ValueError(f"--official {official} is neither a file nor a released checkpoint "
+                     f"({', '.join(OFFICIAL_CHECKPOINTS)}).")
+  return official, variant or "XL/2", image_size or 256
+
+
+def convert_official(official: str, output: str, variant: str | None = None,
+                     image_size: int | None = None, config_path: str | os.PathLike = IMAGENET_CONFIG
+                     ) -> tuple[str, int, int]:
+  """Converts ``official`` (a name of OFFICIAL_CHECKPOINTS, downloaded if needed, or a local
+  .pt) into ``output``/checkpoints/0; returns (variant, image size, parameter count).
+
+  ``variant`` and ``image_size`` default to the name's (XL/2 and 256 for a file). Every
+  problem of the input or output raises ValueError (OSError for a failed download) before
+  anything is written.
+  """
+  _check_output(output)  # before a download of gigabytes
+  path, variant, image_size = _resolve(official, variant, image_size)
+  config = _load_config(pathlib.Path(config_path), f"variant={variant},res={image_size}")
+  params = params_from_official(_load_official(path), build_model(config.model))
+  from dit_jax import checkpoint  # the checkpoint layout belongs to training
+
+  checkpoint.save_params_only(output, config, params)
+  return variant, image_size, sum(v.size for v in jax.tree.leaves(params))
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--official", required=True, help="official DiT .pt (state dict or training checkpoint)")
+  parser.add_argument("--official", required=True,
+                      help=f"a released checkpoint ({', '.join(OFFICIAL_CHECKPOINTS)}: downloaded "
+                           "and cached) or a local official .pt (state dict or training "
+                           "checkpoint)")
   parser.add_argument("--output", required=True, help="workdir to write checkpoints/0 into")
-  parser.add_argument("--image_size", type=int, default=256, help="256 or 512")
-  parser.add_argument("--variant", default="XL/2", help="DiT variant of the checkpoint")
+  parser.add_argument("--image_size", type=int, default=None,
+                      help="256 or 512 (default: the released name's, else 256)")
+  parser.add_argument("--variant", default=None,
+                      help="DiT variant of the checkpoint (default: the released name's, "
+                           "else XL/2)")
   parser.add_argument("--config", default=str(IMAGENET_CONFIG),
                       help="config file with get_config('variant=V,res=R') (configs/imagenet.py)")
   args = parser.parse_args(argv)
 
-  try:  # every problem of the input or output is reported before anything is written
-    _check_output(args.output)
-    config = _load_config(pathlib.Path(args.config), f"variant={args.variant},res={args.image_size}")
-    params = params_from_official(_load_official(args.official), build_model(config.model))
-  except ValueError as e:
+  try:
+    variant, size, count = convert_official(args.official, args.output, args.variant,
+                                            args.image_size, args.config)
+  except (ValueError, OSError) as e:
     parser.error(str(e))
-  from dit_jax import checkpoint  # the checkpoint layout belongs to training
-
-  checkpoint.save_params_only(args.output, config, params)
-  count = sum(v.size for v in jax.tree.leaves(params))
-  print(f"Wrote {count:,} parameters of DiT-{args.variant} ({args.image_size} px) to {args.output}")
+  print(f"Wrote {count:,} parameters of DiT-{variant} ({size} px) to {args.output}")
 
 
 if __name__ == "__main__":

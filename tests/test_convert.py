@@ -9,8 +9,14 @@ errors naming the problem; the CLI writes a checkpoint that dit_jax.checkpoint r
 the EMA of a DiT training checkpoint (with its argparse arguments), and refuses with one usage
 error each a file that is no checkpoint, a pickle that is no state dict, and an output that
 already holds checkpoints (an earlier conversion, a training workdir) before writing anything.
+``--official XL/2-256`` / ``XL/2-512`` fetch a tiny DiT saved under the released file name from a
+server on 127.0.0.1 ($DIT_JAX_OFFICIAL_URL) into $DIT_JAX_CACHE once: a published hash that does
+not match refuses the file and caches nothing; without one the first download's hash is recorded
+and a changed cached file is refused; failed downloads, contradicting flags and unknown names
+are usage errors that say so.
 """
 import argparse
+import hashlib
 import importlib.util
 import pathlib
 import subprocess
@@ -24,10 +30,11 @@ import pytest
 import torch
 from flax import linen as nn
 
-from dit_jax import checkpoint, convert, sharding
+from dit_jax import checkpoint, convert, downloads, sharding
 from dit_jax import train_state as ts
 from dit_jax.models import layers
 from dit_jax.models.dit import DiT, init_inputs
+from local_server import LocalServer
 
 D, HEADS, DEPTH, C, P, SIZE, CLASSES = 32, 2, 2, 4, 2, 8, 10
 HD = D // HEADS
@@ -215,3 +222,85 @@ def _digits_smoke():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config("smoke")
+
+
+@pytest.fixture
+def released(tmp_path, monkeypatch):
+  """Tiny DiTs saved under the released file names, served from 127.0.0.1 as DiT's download
+  URL; a fresh cache. Yields (server, {name: state dict})."""
+  served = tmp_path / "served"
+  served.mkdir()
+  state_dicts = {}
+  for seed, (name, (file_name, _)) in enumerate(convert.OFFICIAL_CHECKPOINTS.items()):
+    state_dicts[name] = official_state_dict(seed=10 + seed)
+    save_official(served / file_name, state_dicts[name])
+  monkeypatch.setenv(downloads.CACHE_ENV, str(tmp_path / "cache"))
+  with LocalServer(served) as server:
+    monkeypatch.setenv(convert.OFFICIAL_URL_ENV, server.url + "/")
+    yield server, state_dicts
+
+
+def _publish_hash(monkeypatch, name, sha256):
+  file_name, _ = convert.OFFICIAL_CHECKPOINTS[name]
+  monkeypatch.setitem(convert.OFFICIAL_CHECKPOINTS, name, (file_name, sha256))
+
+
+def test_official_xl2_256_downloads_checks_and_converts(released, tmp_path, tiny_config,
+                                                         monkeypatch, capsys):
+  server, state_dicts = released
+  file_name, published = convert.OFFICIAL_CHECKPOINTS["XL/2-256"]
+  assert published == "9ec1876e4c03471bca126663a30e2d1b20610b6d2f87850a39a36f25cc685521"
+  served = tmp_path / "served" / file_name
+  _publish_hash(monkeypatch, "XL/2-256", hashlib.sha256(served.read_bytes()).hexdigest())
+  for out in ("a", "b"):
+    convert.main(["--official", "XL/2-256", "--output", str(tmp_path / out),
+                  "--config", str(tiny_config)])
+    _, ema = checkpoint.restore_ema_params(str(tmp_path / out))
+    want = convert.params_from_official(state_dicts["XL/2-256"], _model())
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), ema, want)
+  assert server.requests == 1  # the second conversion reads the cache
+  assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [file_name]
+  assert f"of DiT-XL/2 (256 px) to {tmp_path / 'b'}" in capsys.readouterr().out
+
+
+def test_official_with_a_wrong_published_hash_is_refused(released, tmp_path, tiny_config,
+                                                         monkeypatch, capsys):
+  wrong = "f" * 64
+  _publish_hash(monkeypatch, "XL/2-256", wrong)
+  err = _refused(capsys, "--official", "XL/2-256", "--output", tmp_path / "out",
+                 "--config", tiny_config)
+  file_name, _ = convert.OFFICIAL_CHECKPOINTS["XL/2-256"]
+  assert f"{released[0].url}/{file_name}: downloaded file has sha256" in err
+  assert f"but the published sha256 is {wrong}" in err and "Nothing was cached" in err
+  assert list((tmp_path / "cache").iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_official_xl2_512_records_the_first_hash(released, tmp_path, tiny_config, capsys):
+  file_name, published = convert.OFFICIAL_CHECKPOINTS["XL/2-512"]
+  assert published is None  # no source states one
+  convert.main(["--official", "XL/2-512", "--output", str(tmp_path / "a"),
+                "--config", str(tiny_config)])
+  assert "of DiT-XL/2 (512 px)" in capsys.readouterr().out
+  cached = tmp_path / "cache" / file_name
+  record = (tmp_path / "cache" / f"{file_name}.sha256").read_text()
+  sha = hashlib.sha256((tmp_path / "served" / file_name).read_bytes()).hexdigest()
+  assert record == f"{sha}  {file_name}\n"
+  cached.write_bytes(cached.read_bytes()[:-10])
+  err = _refused(capsys, "--official", "XL/2-512", "--output", tmp_path / "b",
+                 "--config", tiny_config)
+  assert f"The cached {cached} has sha256" in err and "recorded at its first download" in err
+  assert not (tmp_path / "b").exists()
+
+
+def test_official_names_usage_errors(released, tmp_path, tiny_config, capsys):
+  out = tmp_path / "out"
+  assert ("--official XL/2-256 is DiT-XL/2 at 256 px; --image_size 512 contradicts it" in
+          _refused(capsys, "--official", "XL/2-256", "--image_size", 512, "--output", out))
+  assert ("--official XL/2-384 is neither a file nor a released checkpoint (XL/2-256, XL/2-512)"
+          in _refused(capsys, "--official", "XL/2-384", "--output", out))
+  server, _ = released
+  server.close()
+  err = _refused(capsys, "--official", "XL/2-512", "--output", out, "--config", tiny_config)
+  assert f"Could not download {server.url}/DiT-XL-2-512x512.pt" in err
+  assert "Download DiT-XL-2-512x512.pt by other means and pass its path as --official" in err
+  assert released[0].requests == 0 and not out.exists()

@@ -11,10 +11,7 @@
   refuses a file whose sha256 does not match its name without caching it, and names a
   truncated or foreign local file.
 """
-import functools
 import hashlib
-import http.server
-import threading
 
 import jax
 import numpy as np
@@ -25,6 +22,7 @@ import torch.nn.functional as F
 from flax import traverse_util
 
 import fid_oracle  # tests/ is on sys.path (pytest rootdir-relative conftest)
+from local_server import LocalServer
 from dit_jax.evaluation import inception
 
 TOLERANCE = 1e-4  # max |ours - pytorch-fid| / max |pytorch-fid|, per output
@@ -138,31 +136,6 @@ def test_converter_layout(state_dict, params):
   assert not any("bias" in path and "fc" in path for path in flat)  # fc.bias is dropped
 
 
-class _Server:
-  """Serves a directory on 127.0.0.1 in a thread and counts the GET requests."""
-
-  def __init__(self, directory):
-    self.requests = 0
-    server = self
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-      def do_GET(self):
-        server.requests += 1
-        super().do_GET()
-
-      def log_message(self, *args):
-        pass
-
-    self.httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-  def close(self):
-    self.httpd.shutdown()
-    self.httpd.server_close()
-
-
 @pytest.fixture(scope="module")
 def weight_files(tmp_path_factory, torch_model):
   """The random model saved under torch.hub names: one with its sha256 prefix, one with a
@@ -175,7 +148,7 @@ def weight_files(tmp_path_factory, torch_model):
   good = directory / f"pt_inception-test-{sha[:8]}.pth"
   (directory / "weights.pth").rename(good)
   (directory / f"pt_inception-test-{wrong}.pth").write_bytes(data)
-  server = _Server(directory)
+  server = LocalServer(directory)
   yield {"server": server, "good": good, "sha": sha, "wrong": wrong, "data": data}
   server.close()
 

@@ -17,15 +17,8 @@ as ADM's evaluator and torch-fidelity compute it), ``spatial`` the first 7 chann
 1x1 branch, 17 x 17 x 7 flattened in H, W, C order (sFID; ADM's ``mixed_6/conv``).
 """
 import functools
-import hashlib
-import logging
 import os
 import pathlib
-import re
-import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from typing import Any, Mapping
 
 import jax
@@ -34,17 +27,16 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+# cache_dir and CACHE_ENV stay importable from here (public API).
+from dit_jax.downloads import CACHE_ENV, DEFAULT_CACHE_DIR, cache_dir, download  # noqa: F401
+
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")
-CACHE_ENV = "DIT_JAX_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/dit_jax"
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
 POOL_FEATURES = 2048
 SPATIAL_CHANNELS = 7  # of Mixed_6d's 1x1 branch: 17 * 17 * 7 = 2023 sFID features
 BN_EPSILON = 1e-3
-# torch.hub's naming convention: the hex digits after the name's last '-' start its sha256.
-HASH_IN_NAME = re.compile(r"-([0-9a-f]+)\.[^-]*$")
 # Flax (collection, leaf name) -> the torch state-dict suffix of the same tensor.
 TORCH_LEAF_NAMES = {
     ("params", "kernel"): "weight",
@@ -55,7 +47,6 @@ TORCH_LEAF_NAMES = {
 }
 # In the weight file but in no output: the classifier bias (the logits leave it out).
 UNUSED_KEYS = {"fc.bias": (NUM_CLASSES,)}
-DOWNLOAD_CHUNK = 1 << 20
 
 Precision = Any  # what flax's Conv/Dense take: None, a jax.lax.Precision or its name
 
@@ -307,62 +298,6 @@ def params_from_pytorch_fid(state_dict: Mapping[str, Any]):
   return traverse_util.unflatten_dict(converted)
 
 
-def cache_dir() -> str:
-  """Where downloaded weights (and other evaluation caches) live: $DIT_JAX_CACHE, else
-  ~/.cache/dit_jax."""
-  return os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
-
-
-def _fetch(url: str, out, name: str) -> str:
-  """Streams ``url`` into the open file ``out`` with a progress bar; returns the sha256 (hex)."""
-  from tqdm import tqdm  # local: only downloads show a bar
-  digest = hashlib.sha256()
-  received = 0
-  try:
-    with urllib.request.urlopen(url, timeout=60) as response:
-      total = int(response.headers.get("Content-Length") or 0) or None
-      with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {name}") as bar:
-        while chunk := response.read(DOWNLOAD_CHUNK):
-          digest.update(chunk)
-          out.write(chunk)
-          received += len(chunk)
-          bar.update(len(chunk))
-  except (urllib.error.URLError, OSError) as err:
-    raise OSError(f"Could not download {url} ({err}). Download it by other means and pass its "
-                  "path to load_params.") from err
-  if total is not None and received != total:
-    raise OSError(f"Download of {url} stopped after {received} of {total} bytes; try again.")
-  return digest.hexdigest()
-
-
-def _download(url: str, directory: str | None) -> pathlib.Path:
-  """The cached copy of ``url`` in ``directory`` (default ``cache_dir()``), downloading it first
-  if needed. The file is written under a temporary name and renamed only once complete and,
-  when its name carries a hash prefix (torch.hub convention), once its sha256 matches."""
-  directory = pathlib.Path(directory or cache_dir()).expanduser()
-  name = pathlib.PurePosixPath(urllib.parse.urlparse(url).path).name
-  target = directory / name
-  if target.is_file():
-    return target
-  directory.mkdir(parents=True, exist_ok=True)
-  match = HASH_IN_NAME.search(name)
-  logging.info("Downloading %s to %s", url, target)
-  fd, partial = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".partial")
-  try:
-    with os.fdopen(fd, "wb") as out:
-      digest = _fetch(url, out, name)
-    if match and not digest.startswith(match.group(1)):
-      raise ValueError(f"{url}: downloaded file has sha256 {digest}, but its name says it starts "
-                       f"with {match.group(1)}; the download is corrupt or the file was replaced. "
-                       "Nothing was cached.")
-    if not match:
-      logging.warning("%s carries no sha256 prefix in its name; its content is not checked.", url)
-    os.replace(partial, target)
-  finally:
-    pathlib.Path(partial).unlink(missing_ok=True)
-  return target
-
-
 def _read_state_dict(path: pathlib.Path) -> Mapping[str, Any]:
   try:
     import torch  # local: only reading .pth files needs it
@@ -390,7 +325,8 @@ def load_params(path_or_url: str | os.PathLike | None = None, cache_dir: str | N
   """
   source = FID_WEIGHTS_URL if path_or_url is None else os.fspath(path_or_url)
   if "://" in source:
-    path = _download(source, cache_dir)
+    path = download(source, cache_dir,
+                    manual_hint="Download it by other means and pass its path to load_params.")
   else:
     path = pathlib.Path(source).expanduser()
     if not path.is_file():
