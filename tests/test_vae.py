@@ -6,15 +6,23 @@
 - The stabilityai SD-VAE config has 83,653,863 parameters (DIT-FACTS.md), counted abstractly.
 - Conversion errors name missing, unexpected and mis-shaped keys; the CLI round-trips a
   safetensors file into a directory that `load_vae` / `make_encode_fn` read.
+- ``--hub REPO`` fetches the two files through huggingface_hub: here from a fake hub cache in
+  its layout, offline (HF_HUB_OFFLINE=1), in a subprocess so the environment is read as a user
+  sets it; a repository it cannot fetch is a usage error naming it and the manual route.
 """
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import fid_oracle  # noqa: F401  (registers the torchvision shim that diffusers' import needs)
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import linen as nn
 
@@ -114,3 +122,56 @@ def test_cli_roundtrip_and_encode_fn(torch_vae, tmp_path):
   latents = vae.make_encode_fn(str(out))(x, rng)
   eps = jax.random.normal(rng, mean.shape)
   np.testing.assert_allclose(latents, (mean + std * np.asarray(eps)) * 0.18215, atol=1e-4)
+
+
+def _fake_hub(cache: pathlib.Path, repo_id: str, files: dict[str, bytes]) -> None:
+  """huggingface_hub's cache layout: refs/main names a commit whose snapshot holds the files."""
+  repo = cache / f"models--{repo_id.replace('/', '--')}"
+  commit = "0123456789abcdef0123456789abcdef01234567"
+  (repo / "refs").mkdir(parents=True)
+  (repo / "refs" / "main").write_text(commit)
+  snapshot = repo / "snapshots" / commit
+  snapshot.mkdir(parents=True)
+  for name, data in files.items():
+    (snapshot / name).write_bytes(data)
+
+
+def test_cli_hub_fetches_through_huggingface_hub(torch_vae, tmp_path):
+  from safetensors.numpy import save
+  state_dict = _state_dict(torch_vae)
+  _fake_hub(tmp_path / "hub", "stabilityai/sd-vae-ft-ema", {
+      "config.json": json.dumps(dict(torch_vae.config)).encode(),
+      vae_weights.WEIGHTS_FILE: save(state_dict)})
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"),
+             HF_HOME=str(tmp_path / "hf_home"))
+
+  def run(repo_id, out):
+    return subprocess.run([sys.executable, "-m", "dit_jax.models.vae_weights", "--hub", repo_id,
+                           "--output", str(out)], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+
+  proc = run("stabilityai/sd-vae-ft-ema", tmp_path / "ema")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"wrote {tmp_path / 'ema'}/params.msgpack" in proc.stdout
+  model, params = vae_weights.load_vae(str(tmp_path / "ema"))
+  want = vae_weights.vae_params_from_diffusers(state_dict, model)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, want)
+
+  proc = run("stabilityai/sd-vae-ft-mse", tmp_path / "mse")  # not in the fake hub
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert ("Could not fetch config.json of stabilityai/sd-vae-ft-mse from the Hugging Face hub "
+          "(LocalEntryNotFoundError") in proc.stderr
+  assert "pass --config and --safetensors" in proc.stderr and "Traceback" not in proc.stderr
+  assert not (tmp_path / "mse").exists()
+
+
+def test_cli_needs_one_source(tmp_path, capsys):
+  for argv, message in [
+      (["--output", str(tmp_path)], "give --hub REPO (e.g. --hub stabilityai/sd-vae-ft-ema) or both"),
+      (["--hub", "a/b", "--config", "c.json", "--output", str(tmp_path)], "not both"),
+      (["--safetensors", str(tmp_path / "none.safetensors"), "--config",
+        str(tmp_path / "none.json"), "--output", str(tmp_path / "out")], "none.json"),
+  ]:
+    with pytest.raises(SystemExit) as exit_info:
+      vae_weights.main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -1,13 +1,15 @@
 """Converts diffusers' AutoencoderKL weights (e.g. sd-vae-ft-ema/-mse) into Flax params.
 
-Download `config.json` and `diffusion_pytorch_model.safetensors` of stabilityai/sd-vae-ft-ema
-(or -mse) yourself, then:
-
+  python -m dit_jax.models.vae_weights --hub stabilityai/sd-vae-ft-ema --output vae/sd-vae-ft-ema
   python -m dit_jax.models.vae_weights --safetensors diffusion_pytorch_model.safetensors \
       --config config.json --output vae/sd-vae-ft-ema
 
-The output directory holds `config.json` (copied) and `params.msgpack` (Flax params, float32);
-`load_vae(dir)` and `dit_jax.models.vae.make_encode_fn(dir)` read it. Nothing is downloaded.
+``--hub REPO`` fetches `config.json` and `diffusion_pytorch_model.safetensors` of a Hugging Face
+hub repository through huggingface_hub (its cache, $HF_HUB_CACHE; it checks the files against
+the hub's hashes; HF_HUB_OFFLINE=1 reads only the cache), ``--revision`` pins a commit; local
+files are converted as they are. The output directory holds `config.json` (copied) and
+`params.msgpack` (Flax params, float32); `load_vae(dir)` and
+`dit_jax.models.vae.make_encode_fn(dir)` read it.
 
 Key mapping: diffusers "encoder.down_blocks.0.resnets.1.conv1.weight" is the Flax path
 encoder/down_blocks_0_resnets_1/conv1/kernel; conv weights (O, I, kh, kw) become (kh, kw, I, O),
@@ -30,6 +32,8 @@ from flax import linen as nn
 from dit_jax.models import vae
 
 PARAMS_FILE = "params.msgpack"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # the name diffusers saves under
+DIT_VAES = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")  # the VAEs DiT samples with
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
@@ -110,8 +114,8 @@ def load_vae(vae_dir: str, dtype: Any = jnp.float32, param_dtype: Any = jnp.floa
   config_path = os.path.join(vae_dir, vae.CONFIG_FILE)
   for path in (config_path, params_path):
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} does not exist; convert the VAE with "
-                              "`python -m dit_jax.models.vae_weights --safetensors ... --output DIR`.")
+      raise FileNotFoundError(f"{path} does not exist; convert the VAE with `python -m "
+                              f"dit_jax.models.vae_weights --hub {DIT_VAES[0]} --output DIR`.")
   with open(config_path) as f:
     model = vae.AutoencoderKL.from_diffusers_config(json.load(f), dtype=dtype, param_dtype=param_dtype)
   with open(params_path, "rb") as f:
@@ -130,13 +134,47 @@ def convert(safetensors_path: str, config_path: str, output_dir: str) -> int:
   return num_params(params)
 
 
+def hub_files(repo_id: str, revision: str | None = None) -> tuple[str, str]:
+  """(config.json, safetensors) paths of a hub repository's VAE, fetched through
+  huggingface_hub's cache. Raises OSError naming the repository and the manual route."""
+  from huggingface_hub import errors, hf_hub_download  # local: only hub conversions need it
+  paths = []
+  for name in (vae.CONFIG_FILE, WEIGHTS_FILE):
+    try:
+      paths.append(hf_hub_download(repo_id, name, revision=revision))
+    except (OSError, errors.EntryNotFoundError) as err:
+      raise OSError(f"Could not fetch {name} of {repo_id} from the Hugging Face hub "
+                    f"({type(err).__name__}: {err}). Check the name (DiT samples with "
+                    f"{' or '.join(DIT_VAES)}) and the network, or download {vae.CONFIG_FILE} "
+                    f"and {WEIGHTS_FILE} by hand and pass --config and --safetensors.") from err
+  return paths[0], paths[1]
+
+
+def convert_from_hub(repo_id: str, output_dir: str, revision: str | None = None) -> int:
+  """Fetches (``hub_files``) and converts a hub VAE into ``output_dir``; the parameter count."""
+  config_path, weights_path = hub_files(repo_id, revision)
+  return convert(weights_path, config_path, output_dir)
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--safetensors", required=True, help="diffusion_pytorch_model.safetensors")
-  parser.add_argument("--config", required=True, help="the diffusers config.json shipped with it")
+  parser.add_argument("--hub", help=f"Hugging Face hub repository, e.g. {DIT_VAES[0]}")
+  parser.add_argument("--revision", help="with --hub: a branch, tag or commit (default: main)")
+  parser.add_argument("--safetensors", help=f"a local {WEIGHTS_FILE} (instead of --hub)")
+  parser.add_argument("--config", help="the diffusers config.json shipped with it")
   parser.add_argument("--output", required=True, help="output directory")
   args = parser.parse_args(argv)
-  count = convert(args.safetensors, args.config, args.output)
+  local = (args.safetensors, args.config)
+  if args.hub and any(local):
+    parser.error("give --hub REPO or --safetensors FILE --config FILE, not both.")
+  if not args.hub and not all(local):
+    parser.error("give --hub REPO (e.g. --hub stabilityai/sd-vae-ft-ema) or both --safetensors "
+                 "and --config.")
+  try:
+    count = (convert_from_hub(args.hub, args.output, args.revision) if args.hub
+             else convert(args.safetensors, args.config, args.output))
+  except OSError as err:
+    parser.error(str(err))
   print(f"wrote {args.output}/{PARAMS_FILE} ({count:,} parameters)")
 
 
