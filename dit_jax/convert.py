@@ -279,6 +279,19 @@ def convert_official(official: str, output: str, variant: str | None = None,
   return variant, image_size, sum(v.size for v in jax.tree.leaves(params))
 
 
+def cached_official(name: str, config_path: str | os.PathLike = IMAGENET_CONFIG) -> str:
+  """A workdir with the released checkpoint ``name`` converted, under
+  cache_dir()/converted/<file name without .pt>: downloaded, checked and converted on the first
+  call, returned as it is by later ones (what the Colab notebook samples from)."""
+  from dit_jax import checkpoint  # the checkpoint layout belongs to training
+
+  stem = pathlib.Path(OFFICIAL_CHECKPOINTS[name][0]).stem
+  workdir = os.path.join(downloads.cache_dir(), "converted", stem)
+  if not (checkpoint.checkpoint_dir(workdir) / "0").is_dir():
+    convert_official(name, workdir, config_path=config_path)
+  return workdir
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--official", required=True,

@@ -304,3 +304,17 @@ def test_official_names_usage_errors(released, tmp_path, tiny_config, capsys):
   assert f"Could not download {server.url}/DiT-XL-2-512x512.pt" in err
   assert "Download DiT-XL-2-512x512.pt by other means and pass its path as --official" in err
   assert released[0].requests == 0 and not out.exists()
+
+
+def test_cached_official_converts_once(released, tmp_path, tiny_config, monkeypatch):
+  server, state_dicts = released
+  _publish_hash(monkeypatch, "XL/2-256", None)
+  workdir = convert.cached_official("XL/2-256", tiny_config)
+  assert workdir == str(tmp_path / "cache" / "converted" / "DiT-XL-2-256x256")
+  _, ema = checkpoint.restore_ema_params(workdir)
+  want = convert.params_from_official(state_dicts["XL/2-256"], _model())
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), ema, want)
+  calls = []
+  monkeypatch.setattr(convert, "convert_official", lambda *a, **k: calls.append(a))
+  assert convert.cached_official("XL/2-256", tiny_config) == workdir and calls == []
+  assert server.requests == 1

@@ -175,3 +175,19 @@ def test_cli_needs_one_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
       vae_weights.main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cached_hub_vae_converts_once(tmp_path, monkeypatch):
+  monkeypatch.setenv("DIT_JAX_CACHE", str(tmp_path))
+  calls = []
+
+  def fake_convert(repo_id, output_dir):
+    calls.append((repo_id, output_dir))
+    os.makedirs(output_dir)
+    pathlib.Path(output_dir, vae_weights.PARAMS_FILE).write_bytes(b"")
+
+  monkeypatch.setattr(vae_weights, "convert_from_hub", fake_convert)
+  want = str(tmp_path / "vae" / "stabilityai--sd-vae-ft-mse")
+  assert vae_weights.cached_hub_vae("stabilityai/sd-vae-ft-mse") == want
+  assert vae_weights.cached_hub_vae("stabilityai/sd-vae-ft-mse") == want
+  assert calls == [("stabilityai/sd-vae-ft-mse", want)]

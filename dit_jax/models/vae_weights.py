@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from dit_jax import downloads
 from dit_jax.models import vae
 
 PARAMS_FILE = "params.msgpack"
@@ -154,6 +155,16 @@ def convert_from_hub(repo_id: str, output_dir: str, revision: str | None = None)
   """Fetches (``hub_files``) and converts a hub VAE into ``output_dir``; the parameter count."""
   config_path, weights_path = hub_files(repo_id, revision)
   return convert(weights_path, config_path, output_dir)
+
+
+def cached_hub_vae(repo_id: str) -> str:
+  """A directory with hub VAE ``repo_id`` converted, under cache_dir()/vae/<org>--<name>:
+  fetched and converted on the first call, returned as it is by later ones (delete it to
+  convert a newer revision)."""
+  output_dir = os.path.join(downloads.cache_dir(), "vae", repo_id.replace("/", "--"))
+  if not os.path.exists(os.path.join(output_dir, PARAMS_FILE)):
+    convert_from_hub(repo_id, output_dir)
+  return output_dir
 
 
 def main(argv=None) -> None:
