@@ -132,7 +132,8 @@ def make_train_step(config):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
   `rng` is the run's base key; the step's key is `fold_in(rng, state.step)`. `batch` is
-  `dict(x=[B, H, W, C] float, y=[B] int)` (other keys are ignored). A step whose loss,
+  `dict(x=[B, H, W, C] float, y=[B] int)` and optionally `skipped=[B] int` (unreadable inputs the
+  data pipeline replaced), whose batch total is reported as metric `skipped`. A step whose loss,
   gradient or updated parameters are non-finite leaves the state unchanged and reports
   `finite=False`, so non-finite weights never reach a checkpoint; the caller raises. (The
   updated parameters are checked too: a non-finite learning rate gives a finite loss and
@@ -172,6 +173,8 @@ def make_train_step(config):
     metrics = {k: jnp.mean(v) for k, v in terms.items()}
     metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params),
                    learning_rate=schedule(state.step), finite=finite)
+    if "skipped" in batch:
+      metrics["skipped"] = jnp.sum(batch["skipped"])
     return new_state, metrics
 
   return train_step
