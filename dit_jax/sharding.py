@@ -13,6 +13,7 @@ The batch is sharded over ``("data", "fsdp")``. Within a slice the sizes come fr
 that remain.
 """
 import contextlib
+import logging
 import math
 from typing import Iterable, Mapping, Sequence
 
@@ -89,6 +90,27 @@ def _num_slices(devices: Sequence[jax.Device]) -> int:
   return len(slice_ids)
 
 
+def _single_slice_device_array(ici: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
+  """Devices laid out as ``ici`` by the physical-topology optimizer, else in plain order.
+
+  Plain order is right for CPU devices (no topology) but can put mesh neighbours on distant
+  chips of an accelerator, slowing every collective: there it is a warning that names the
+  topology, so a layout the optimizer does not know is seen rather than run slowly unnoticed.
+  """
+  try:
+    return mesh_utils.create_device_mesh(ici, devices)
+  except (AssertionError, NotImplementedError, ValueError) as e:
+    first = devices[0]
+    if first.platform != "cpu":
+      shape = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, ici))
+      logging.warning(
+          "mesh_utils.create_device_mesh cannot lay out %d %s devices (platform %s) as mesh "
+          "(%s): %s: %s. Using plain device order, which may place mesh neighbours on distant "
+          "chips and slow collectives; a mesh shape matching the slice topology avoids this.",
+          len(devices), first.device_kind, first.platform, shape, type(e).__name__, e)
+    return np.asarray(devices).reshape(ici)
+
+
 def create_mesh(mesh_config: Mapping, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
   """Builds the (data, fsdp, tensor) mesh described by ``mesh_config``.
 
@@ -112,11 +134,7 @@ def create_mesh(mesh_config: Mapping, devices: Sequence[jax.Device] | None = Non
     device_array = mesh_utils.create_hybrid_device_mesh(
         ici, dcn, devices, process_is_granule=process_is_granule)
   else:
-    try:
-      device_array = mesh_utils.create_device_mesh(ici, devices)
-    except (AssertionError, NotImplementedError, ValueError):
-      # Topologies the physical-layout optimizer does not know (e.g. fake CPU devices).
-      device_array = np.asarray(devices).reshape(ici)
+    device_array = _single_slice_device_array(ici, devices)
   axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
   return jax.sharding.Mesh(device_array, MESH_AXES, axis_types=axis_types)
 

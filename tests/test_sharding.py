@@ -1,8 +1,13 @@
 """Mesh construction and logical-to-mesh mapping (dit_jax.sharding) on 8 fake CPU devices.
 
 Checked against what the rules say by hand: which mesh axis each logical name lands on, how -1
-fills, and that bad sizes fail before anything is compiled, naming the fix.
+fills, and that bad sizes fail before anything is compiled, naming the fix. When the physical
+layout optimizer refuses a topology, the plain-order fallback warns on accelerators (naming the
+device kind, count and requested shape) and stays silent on CPU devices, which have no topology.
 """
+import logging
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +45,22 @@ def test_mesh_axes_and_batch_shards(devices):
   assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
   assert sharding.batch_shard_count(mesh) == 4
   assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
+
+
+def test_plain_order_fallback_warns_on_accelerators_only(devices, monkeypatch, caplog):
+  def refuse(shape, devices):
+    raise NotImplementedError("unknown topology")
+  monkeypatch.setattr(sharding.mesh_utils, "create_device_mesh", refuse)
+  chips = [types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite", id=i) for i in range(8)]
+  with caplog.at_level(logging.WARNING):
+    layout = sharding._single_slice_device_array((2, 4, 1), chips)  # pylint: disable=protected-access
+  assert layout.shape == (2, 4, 1) and [d.id for d in layout.flat] == list(range(8))
+  assert "8 TPU v5 lite devices (platform tpu)" in caplog.text
+  assert "(data=2, fsdp=4, tensor=1): NotImplementedError: unknown topology" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    mesh = sharding.create_mesh(dict(data=2, fsdp=4, tensor=1), devices)
+  assert list(mesh.devices.flat) == list(devices) and not caplog.records
 
 
 def test_hybrid_mesh_groups_by_process(devices):
