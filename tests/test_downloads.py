@@ -3,11 +3,14 @@
 A download lands in the cache once and is reused; a published sha256, or the hash prefix in the
 file's name, that the bytes do not match is refused and nothing is cached; a file with no known
 hash gets the first download's sha256 recorded beside it (sha256sum's format) and a cached copy
-that no longer matches it is refused; an unreachable server gives an OSError that says what else
-to do; $DIT_JAX_CACHE moves the cache.
+that no longer matches it is refused; an unreachable server, or a connection that ends before
+the announced length, gives an OSError and leaves nothing in the cache; $DIT_JAX_CACHE moves
+the cache.
 """
 import hashlib
+import http.server
 import pathlib
+import threading
 
 import pytest
 
@@ -85,3 +88,27 @@ def test_cache_dir_follows_the_environment(served, tmp_path, monkeypatch):
   assert path == pathlib.Path(tmp_path / "elsewhere" / "weights.bin")
   monkeypatch.delenv(downloads.CACHE_ENV)
   assert downloads.cache_dir() == str(pathlib.Path("~/.cache/dit_jax").expanduser())
+
+
+def test_a_download_cut_short_leaves_nothing(tmp_path):
+  class CutShort(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+      self.send_response(200)
+      self.send_header("Content-Length", str(len(DATA)))
+      self.end_headers()
+      self.wfile.write(DATA[:1000])
+      self.close_connection = True
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CutShort)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  url = f"http://127.0.0.1:{httpd.server_address[1]}/weights.bin"
+  try:
+    with pytest.raises(OSError, match=f"Download of {url} stopped after 1000 of {len(DATA)} bytes"):
+      downloads.download(url, tmp_path)
+  finally:
+    httpd.shutdown()
+    httpd.server_close()
+  assert list(tmp_path.iterdir()) == []
