@@ -34,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.end_learning_rate_factor = 0.1
   config.warmup_steps = 100
   config.weight_decay = 0.0
+  config.weight_decay_mask = "matrices"  # with decay > 0: kernels only ("all", "none")
   config.grad_clip_norm = 1.0
   config.ema_decay = 0.995
   # ---- End of the tuned block.

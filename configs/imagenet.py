@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.end_learning_rate_factor = 1.0
   config.warmup_steps = 0
   config.weight_decay = 0.0
+  config.weight_decay_mask = "matrices"  # with decay > 0: kernels only ("all", "none")
   config.grad_clip_norm = 0.0  # 0: no clipping
   config.ema_decay = 0.9999
   # ---- End of the recipe block.

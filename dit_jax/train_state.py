@@ -62,11 +62,50 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
 
 
+def _is_kernel(path, _) -> bool:
+  """True for a `kernel` parameter. The name is read from the last dict key of the path, so
+  boxed leaves (`nn.LogicallyPartitioned`, whose value sits under an attribute) count too."""
+  names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+  return bool(names) and names[-1] == "kernel"
+
+
+def decay_mask(params):
+  """The "matrices" weight-decay mask: True for the weights of every linear map and of the patch
+  embedding (parameters named `kernel`, rank >= 2 whatever the layer; the scanned layout adds a
+  layer axis, which is why the mask goes by name, not rank), False for biases, LayerNorm scales
+  and the label embedding table. (The position table is a constant, not a parameter.)"""
+  return jax.tree_util.tree_map_with_path(_is_kernel, params)
+
+
+WEIGHT_DECAY_MASKS = {
+    "matrices": decay_mask,
+    "all": None,
+    "none": lambda params: jax.tree.map(lambda _: False, params),
+}
+
+
+def weight_decay_mask(config):
+  """The `mask` argument of optax.adamw that `config.weight_decay_mask` names (default
+  "matrices"): a function of the params, or None (decay every parameter)."""
+  name = config.get("weight_decay_mask", "matrices")
+  if name not in WEIGHT_DECAY_MASKS:
+    raise config_checks.ConfigError(
+        f"config.weight_decay_mask={name!r} is not one of {tuple(WEIGHT_DECAY_MASKS)} "
+        "(matrices: decay only kernels, not biases, norms or embeddings).")
+  return WEIGHT_DECAY_MASKS[name]
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW on `learning_rate_schedule`, after global-norm clipping if grad_clip_norm > 0."""
+  """AdamW on `learning_rate_schedule`, after global-norm clipping if grad_clip_norm > 0.
+
+  Weight decay (when > 0) applies to the parameters `config.weight_decay_mask` selects. With no
+  decay the mask is left out, so the optimizer state has the same structure as before masks.
+  """
+  mask = weight_decay_mask(config)
   adamw = optax.adamw(
       learning_rate_schedule(config), b1=config.get("adam_b1", 0.9),
-      b2=config.get("adam_b2", 0.999), eps=1e-8, weight_decay=config.weight_decay)
+      b2=config.get("adam_b2", 0.999), eps=1e-8, weight_decay=config.weight_decay,
+      mask=mask if config.weight_decay > 0 else None)
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
   return adamw
