@@ -1,9 +1,11 @@
 """Orbax checkpoints of a training run, and the restores built on them.
 
-Layout: `WORKDIR/checkpoints/<step>/` holds three items,
+Layout: `WORKDIR/checkpoints/<step>/` holds two items,
   - `state`: StandardSave of {step, params, ema_params, opt_state} (global, sharded arrays),
-  - `config`: JsonSave of config.to_dict(),
-  - `data`: the grain iterator's state (one file per process; absent in converted checkpoints).
+  - `config`: JsonSave of config.to_dict().
+The data position is not saved: step s of a run has consumed exactly s global batches, whose
+order does not depend on the process count (dit_jax.data.pipeline), so a resumed run rebuilds its
+input stream at its step, on any number of hosts.
 Saves are asynchronous (training continues while the previous save is written); a save that was
 killed midway leaves a `*.orbax-checkpoint-tmp` directory that Orbax ignores, so the latest
 *complete* checkpoint is always the one resumed from.
@@ -11,16 +13,15 @@ killed midway leaves a `*.orbax-checkpoint-tmp` directory that Orbax ignores, so
 Restores take abstract targets (jax.ShapeDtypeStruct with a sharding), so a checkpoint written
 on one mesh or device count is read straight into the shards of another.
 
-Damage (a file cut short, a missing `_METADATA`, an empty iterator or garbage config JSON): resume
-and EMA restores fall back to the newest intact step with a warning naming the damaged one.
+Damage (a file cut short, a missing `_METADATA`, garbage config JSON): resume and EMA restores
+fall back to the newest intact step with a warning naming the damaged one.
 Resume moves damaged steps newer than the one it restores to WORKDIR/damaged_checkpoints/ (never
 deleting them), so the run can write those steps again. A checkpoint that is intact but does not
-fit the run (model shapes, batch size, process count) is refused by name before any array is read.
+fit the run (model shapes, batch size) is refused by name before any array is read.
 """
 import gc
 import logging
 import os
-import re
 import signal
 from typing import Any, Callable
 
@@ -38,7 +39,9 @@ from dit_jax import train_state as ts
 CHECKPOINT_SUBDIR = "checkpoints"
 STATE_ITEM = "state"
 CONFIG_ITEM = "config"
-DATA_ITEM = "data"
+# Checkpoints written before the data position was derived from the step also hold the grain
+# iterator's state under this item; its handler stays registered so they are read without warnings.
+LEGACY_DATA_ITEM = "data"
 DAMAGED_SUBDIR = "damaged_checkpoints"  # beside checkpoints/: damaged steps moved aside on resume
 PARAMS = "params"
 EMA_PARAMS = "ema_params"
@@ -90,7 +93,7 @@ def create_manager(workdir: str, *, max_to_keep: int | None = None, keep_period:
       enable_async_checkpointing=not for_reading)
   state_handler = ocp.PyTreeCheckpointHandler() if for_reading else ocp.StandardCheckpointHandler()
   handlers = {STATE_ITEM: state_handler, CONFIG_ITEM: ocp.JsonCheckpointHandler(),
-              DATA_ITEM: grain.checkpoint.CheckpointHandler()}
+              LEGACY_DATA_ITEM: grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_handlers=handlers)
 
 
@@ -100,35 +103,30 @@ def manager_for_config(workdir: str, config) -> ocp.CheckpointManager:
                         keep_period=config.get("keep_period"))
 
 
-def save(manager: ocp.CheckpointManager, state: ts.TrainState, config,
-         data_iterator=None, *, force: bool = False) -> bool:
-  """Starts an async save of state, config and data iterator at `state.step`.
+def save(manager: ocp.CheckpointManager, state: ts.TrainState, config, *,
+         force: bool = False) -> bool:
+  """Starts an async save of state and config at `state.step`.
 
   Returns whether a save was started. Every process must call it (Orbax coordinates them).
   """
   step = int(jax.device_get(state.step))
   items = {STATE_ITEM: ocp.args.StandardSave(state.to_dict()),
            CONFIG_ITEM: ocp.args.JsonSave(config.to_dict())}
-  if data_iterator is not None:
-    items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def restore_state(manager: ocp.CheckpointManager, abstract_state: ts.TrainState,
-                  data_iterator=None, step: int | None = None) -> ts.TrainState:
-  """Restores the full state (onto the shardings in `abstract_state`) and the data iterator.
+                  step: int | None = None) -> ts.TrainState:
+  """Restores the full state onto the shardings in `abstract_state`.
 
   Args:
     manager: the run's manager.
     abstract_state: TrainState of ShapeDtypeStruct with shardings (`abstract_train_state`).
-    data_iterator: a fresh grain DatasetIterator; its position is set to the checkpoint's.
     step: which step (default: the latest complete one).
   """
   step = manager.latest_step() if step is None else step
-  items = {STATE_ITEM: ocp.args.StandardRestore(abstract_state.to_dict())}
-  if data_iterator is not None:
-    items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      **{STATE_ITEM: ocp.args.StandardRestore(abstract_state.to_dict())}))
   return ts.TrainState(**restored[STATE_ITEM])
 
 
@@ -290,12 +288,6 @@ def _check_resumable(manager: ocp.CheckpointManager, step: int, config,
         f"another size would repeat or skip examples. Resume with --config.global_batch_size="
         f"{saved_batch}, or train the new batch size in another --workdir (config.init_from="
         f"{path.parent} starts it from these weights).")
-  counts = {int(m.group(1)) for p in (path / str(step) / DATA_ITEM).glob("process_*.json")
-            if (m := re.search(r"-of-(\d+)\.json$", p.name))}
-  if counts and jax.process_count() not in counts:
-    raise CheckpointMismatchError(
-        f"The checkpoint {path / str(step)} holds the data positions of {sorted(counts)} "
-        f"processes but this run has {jax.process_count()}; resume with that many processes.")
   _check_shapes(path, step, _state_metadata(manager, step)[PARAMS], abstract_state.params,
                 PARAMS, fix="resume with the checkpoint's config.model, or train the new model "
                 "in another --workdir")
@@ -317,11 +309,11 @@ def _move_aside(path: epath.Path, steps) -> epath.Path:
   return target_dir
 
 
-def restore_latest_intact(manager: ocp.CheckpointManager, config, abstract_state: ts.TrainState,
-                          data_iterator=None) -> ts.TrainState | None:
-  """Resumes a run: the newest intact checkpoint's state and data position (None: no checkpoint).
+def restore_latest_intact(manager: ocp.CheckpointManager, config,
+                          abstract_state: ts.TrainState) -> ts.TrainState | None:
+  """Resumes a run: the newest intact checkpoint's state (None: no checkpoint).
 
-  Each step is first checked against the run (batch size, process count, parameter shapes:
+  Each step is first checked against the run (batch size, parameter shapes:
   CheckpointMismatchError). A step that cannot be read is damaged: the previous one is tried, and
   the damaged newer steps are moved to WORKDIR/damaged_checkpoints/ with a warning, so the run
   can save those steps again. DamagedCheckpointError when none is intact.
@@ -333,7 +325,7 @@ def restore_latest_intact(manager: ocp.CheckpointManager, config, abstract_state
 
   def read(step):
     _check_resumable(manager, step, config, abstract_state)
-    return restore_state(manager, abstract_state, data_iterator, step)
+    return restore_state(manager, abstract_state, step)
 
   step, state, damaged = _newest_intact(
       path, steps, read,

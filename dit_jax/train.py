@@ -7,8 +7,9 @@ Config fields can be overridden on the command line (`--config.num_train_steps=5
 
 The loop: validate the config (before anything compiles) -> lock the workdir for the run's life
 (a second run on it stops at once, naming the owner) -> build the mesh -> resume from
-WORKDIR/checkpoints (state + data iterator) if there is a checkpoint, else initialize (sharded,
-abstract-first) and optionally load `config.init_from` -> jitted, donated steps on global batches
+WORKDIR/checkpoints if there is a checkpoint, else initialize (sharded, abstract-first) and
+optionally load `config.init_from` -> the input stream from global batch `step` on (so a run
+resumes on any number of hosts) -> jitted, donated steps on global batches
 assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
 metrics, EMA sample grids, sample-quality scores (config.eval: FID, sFID, IS, precision, recall)
 and async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and
@@ -130,9 +131,9 @@ def check_finite(step: int, metrics: dict) -> None:
       "lower config.learning_rate, set config.grad_clip_norm, or check the data.")
 
 
-def _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng):
+def _initial_state(config, mesh, abstract_state, manager, init_rng):
   """Resumes from the workdir's newest intact checkpoint, else initializes (and loads init_from)."""
-  state = checkpoint.restore_latest_intact(manager, config, abstract_state, data_iterator)
+  state = checkpoint.restore_latest_intact(manager, config, abstract_state)
   if state is not None:
     logging.info("Resumed from %s step %d.", manager.directory, int(jax.device_get(state.step)))
     return state
@@ -174,13 +175,10 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
                jax.process_count())
   init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
   abstract_state, state_shardings = ts.abstract_train_state(config, mesh)
-  data_iterator = iter(data.create_dataset(
-      config.data, global_batch_size=config.global_batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count()))
   manager = checkpoint.manager_for_config(workdir, config)
   watcher = checkpoint.PreemptionWatcher()
   try:
-    state = _initial_state(config, mesh, abstract_state, manager, data_iterator, init_rng)
+    state = _initial_state(config, mesh, abstract_state, manager, init_rng)
     step = int(jax.device_get(state.step))
     if step >= config.num_train_steps:
       logging.warning(
@@ -188,6 +186,9 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
           "config.num_train_steps=%d. Nothing to train; raise --config.num_train_steps to train "
           "further.", workdir, step, config.num_train_steps)
       return state
+    data_iterator = iter(data.create_dataset(
+        config.data, global_batch_size=config.global_batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count(), start_step=step))
     train_step = ts.jit_train_step(config, mesh, state_shardings)
     encode = make_latent_encoder(config, mesh)
     monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)
@@ -211,7 +212,7 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
       preempted = watcher.should_stop(step)
       if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
         check_finite(step - 1, step_metrics)
-        checkpoint.save(manager, state, config, data_iterator, force=preempted)
+        checkpoint.save(manager, state, config, force=preempted)
       if config.sample_every_steps and step % config.sample_every_steps == 0:
         monitor.write_samples(step, state.ema_params, sample_rng)
       if evaluator is not None and evaluator.due(step):

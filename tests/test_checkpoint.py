@@ -9,17 +9,20 @@ target shardings requested; no training is needed, so states come from `init_tra
   a checkpoint of another model is refused naming the parameter.
 - A save killed midway (a leftover `*.orbax-checkpoint-tmp`) is ignored: the latest complete
   checkpoint is used.
-- A damaged latest checkpoint (a TensorStore file cut short, no `_METADATA`, an empty iterator
-  JSON, garbage config JSON): resume restores the previous step exactly (state and data position)
-  and moves the damaged one to damaged_checkpoints/; sampling reads the previous EMA and leaves
+- A damaged latest checkpoint (a TensorStore file cut short, no `_METADATA`, garbage config
+  JSON): resume restores the previous step exactly and moves the damaged one to damaged_checkpoints/; sampling reads the previous EMA and leaves
   the damaged one in place; with nothing intact both say what to do.
 - Resuming with another model shape or batch size is refused by name before any array is read.
+- A checkpoint of the older format (a grain iterator file per process, here 2) resumes on one
+  process, silently.
 """
 import pathlib
 import shutil
 
+import grain
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
@@ -134,41 +137,26 @@ def _truncate_arrays(step_dir):
 DAMAGE = {
     "array file cut short": _truncate_arrays,
     "no _METADATA": lambda d: (d / "state" / "_METADATA").unlink(),
-    "empty iterator JSON": lambda d: (d / "data" / "process_0-of-1.json").write_text(""),
     "garbage config JSON": lambda d: (d / "config" / "metadata").write_text("{garbage"),
 }
 
 
-def _iterator(config):
-  return iter(data.create_dataset(config.data, global_batch_size=config.global_batch_size,
-                                  seed=config.seed, process_index=0, process_count=1))
-
-
 @pytest.fixture(scope="module")
 def two_steps(tmp_path_factory, devices):
-  """Steps 3 and 5 of a run (different weights, EMA and data positions), saved from data=8."""
+  """Steps 3 and 5 of a run (different weights and EMA), saved from data=8."""
   config = _config()
   mesh = _mesh(devices, data=8)
   state = ts.init_train_state(config, mesh, jax.random.key(5))
-  iterator = _iterator(config)
   workdir = tmp_path_factory.mktemp("two")
   saved = {}
   with checkpoint.manager_for_config(str(workdir), config) as manager:
     for step in (3, 5):
-      next(iterator)
       state = state.replace(step=state.step * 0 + step,
                             ema_params=jax.tree.map(lambda p, s=step: p * s, state.params))
-      checkpoint.save(manager, state, config, iterator)
+      checkpoint.save(manager, state, config)
       manager.wait_until_finished()
-      saved[step] = (jax.device_get(state), next(_copy_position(iterator, config)))
+      saved[step] = jax.device_get(state)
   return workdir, saved
-
-
-def _copy_position(iterator, config):
-  """A fresh iterator at `iterator`'s position (to compare the next batch)."""
-  fresh = _iterator(config)
-  fresh.set_state(iterator.get_state())
-  return fresh
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
@@ -181,13 +169,11 @@ def test_damaged_latest_checkpoint_falls_back(two_steps, tmp_path, devices, capl
   damaged = checkpoint.checkpoint_dir(str(tmp_path / "resume")) / "5"
 
   abstract, _ = ts.abstract_train_state(config, _mesh(devices, data=8))
-  iterator = _iterator(config)
   with caplog.at_level("WARNING"), checkpoint.manager_for_config(
       str(tmp_path / "resume"), config) as manager:
-    state = checkpoint.restore_latest_intact(manager, config, abstract, iterator)
+    state = checkpoint.restore_latest_intact(manager, config, abstract)
     assert manager.all_steps() == [3]
-  _assert_trees_equal(state, saved[3][0])
-  np.testing.assert_array_equal(next(iterator)["x"], saved[3][1]["x"])  # step 3's data position
+  _assert_trees_equal(state, saved[3])
   assert f"Checkpoint {damaged} is damaged" in caplog.text
   moved = tmp_path / "resume" / checkpoint.DAMAGED_SUBDIR / "5"
   assert f"moved to {moved.parent}" in caplog.text and (moved / "state").is_dir()
@@ -195,9 +181,8 @@ def test_damaged_latest_checkpoint_falls_back(two_steps, tmp_path, devices, capl
   caplog.clear()
   with caplog.at_level("WARNING"):
     _, ema = checkpoint.restore_ema_params(str(tmp_path / "sample"), mesh=_mesh(devices[:1]))
-  sampled_step = 5 if damage == "empty iterator JSON" else 3  # sampling reads no iterator
-  _assert_trees_equal(ema, saved[sampled_step][0].ema_params)
-  assert (sampled_step == 3) == ("is damaged" in caplog.text)
+  _assert_trees_equal(ema, saved[3].ema_params)
+  assert "is damaged" in caplog.text
   assert (checkpoint.checkpoint_dir(str(tmp_path / "sample")) / "5" / "state").is_dir()
 
 
@@ -236,3 +221,29 @@ def test_resume_with_another_batch_size_is_refused(two_steps, tmp_path, devices)
                      match=r"config.global_batch_size=32 but the checkpoint .*5 was trained with "
                            r"16: .* Resume with --config.global_batch_size=16"):
     train.train(config, str(tmp_path), devices=devices)
+
+
+def test_checkpoint_of_two_processes_with_their_iterators_resumes_on_one(tmp_path, devices, caplog):
+  """Checkpoints from before the data position was the step hold a grain iterator file per process:
+  they resume on another process count, and without warnings."""
+  config = _config()
+  mesh = _mesh(devices, data=8)
+  state = ts.init_train_state(config, mesh, jax.random.key(6))
+  iterator = iter(data.create_dataset(config.data, global_batch_size=config.global_batch_size,
+                                      seed=config.seed, process_index=0, process_count=1))
+  with checkpoint.manager_for_config(str(tmp_path), config) as manager:
+    manager.save(4, args=ocp.args.Composite(**{
+        checkpoint.STATE_ITEM: ocp.args.StandardSave(state.to_dict()),
+        checkpoint.CONFIG_ITEM: ocp.args.JsonSave(config.to_dict()),
+        checkpoint.LEGACY_DATA_ITEM: grain.checkpoint.CheckpointSave(iterator)}))
+  data_dir = checkpoint.checkpoint_dir(str(tmp_path)) / "4" / checkpoint.LEGACY_DATA_ITEM
+  saved = (data_dir / "process_0-of-1.json").read_text()
+  (data_dir / "process_0-of-1.json").unlink()
+  for name in ("process_0-of-2.json", "process_1-of-2.json"):
+    (data_dir / name).write_text(saved)
+
+  abstract, _ = ts.abstract_train_state(config, mesh)
+  with caplog.at_level("WARNING"), checkpoint.manager_for_config(str(tmp_path), config) as manager:
+    restored = checkpoint.restore_latest_intact(manager, config, abstract)
+  _assert_trees_equal(restored, jax.device_get(state))
+  assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text

@@ -8,8 +8,9 @@ Order matters for three guarantees:
   batched per process, whole batches dealt round-robin to the processes: process p's batch is rows
   [p*B/P, (p+1)*B/P) of the batch a single process would read, so shards are disjoint and the
   global batches (hence the trained model) do not depend on the process count.
-- Everything is index-based (MapDataset), so the iterator state is a position: `get_state()` /
-  `set_state()` (or Orbax's grain CheckpointSave) resume with exactly the next batch.
+- Everything is index-based (MapDataset), so the stream can start at any global batch
+  (`start_step`): a run resumed at step s reads exactly the batches an uninterrupted run reads
+  from s on, whatever the process count and data.num_workers before and after.
 """
 from typing import Any
 
@@ -45,8 +46,8 @@ def _augmentation(data_cfg: Any, source_name: str) -> grain.transforms.RandomMap
 
 
 def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_index: int,
-                   process_count: int) -> grain.IterDataset:
-  """Builds this process's infinite stream of batches.
+                   process_count: int, start_step: int = 0) -> grain.IterDataset:
+  """Builds this process's infinite stream of batches, from global batch `start_step` on.
 
   Args:
     data_cfg: `config.data` (source, name, data_dir, split, image_size, flip, num_workers,
@@ -56,6 +57,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
     seed: data seed (shuffle order and augmentation).
     process_index: this process (jax.process_index()).
     process_count: number of processes (jax.process_count()).
+    start_step: global batches already consumed (a resumed run's step): the stream starts with
+      this process's rows of global batch `start_step`.
 
   Returns:
     A grain IterDataset; `iter()` gives a checkpointable DatasetIterator of
@@ -67,6 +70,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
                      f"{process_count} processes; make it a multiple.")
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index={process_index} is outside [0, {process_count}).")
+  if start_step < 0:
+    raise ValueError(f"start_step={start_step} is negative.")
   source_name = sources.field(data_cfg, "source", sources.SOURCE_DIGITS)
   source = sources.make_source(data_cfg)
   usable = len(source) - len(source) % process_count
@@ -78,7 +83,7 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   ds = ds.random_map(_augmentation(data_cfg, source_name), seed=int(map_seed))
   ds = ds.shuffle(seed=int(shuffle_seed)).repeat()
   ds = ds.batch(global_batch_size // process_count, drop_remainder=True)
-  ds = ds[process_index::process_count]
+  ds = ds[start_step * process_count + process_index::process_count]
   read_threads = sources.field(data_cfg, "read_threads", 0)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads) if read_threads else None)
   num_workers = sources.field(data_cfg, "num_workers", 0)
