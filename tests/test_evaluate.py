@@ -10,6 +10,7 @@ small between halves of a dataset, large against noise).
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -223,3 +224,41 @@ def test_eval_config_problems_are_named(tmp_path):
     config_checks.validate(config, num_devices=8)
   config.eval.sampler = "ddim"
   config_checks.validate(config, num_devices=8)
+
+
+def test_two_processes_score_as_one(tmp_path, weights_file, params, digit_images):
+  """Two processes x 4 devices (jax.distributed on 127.0.0.1), each reading its rows of the npz,
+  give the one-process numbers."""
+  ref, samples = tmp_path / "ref.npz", tmp_path / "s.npz"
+  reference.make_reference(digit_images[:NUM], params, str(ref), batch_size=16)
+  np.savez(samples, digit_images[NUM:])
+  want = evaluate.evaluate_files(str(samples), str(ref), inception_weights=weights_file,
+                                 batch_size=16)
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             DIT_JAX_CACHE=str(tmp_path / "cache"))
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "dit_jax.evaluate", f"--samples={samples}", f"--reference={ref}",
+       f"--inception_weights={weights_file}", "--batch_size=16", f"--output={tmp_path}/m{i}.json",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  try:
+    for proc in procs:
+      _, err = proc.communicate(timeout=600)
+      assert proc.returncode == 0, err[-3000:]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+  got = json.loads((tmp_path / "m0.json").read_text())
+  assert not (tmp_path / "m1.json").exists()  # process 0 writes
+  assert got["devices"] == 8 and got["num_samples"] == NUM
+  for name in scores.SCORE_NAMES:
+    assert got[name] == pytest.approx(want[name], rel=1e-6, abs=1e-9), name
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
