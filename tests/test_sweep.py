@@ -7,6 +7,7 @@ in the issue) with Gflops from dit_jax.flops; launch commands are checked by run
 through launch/up.sh --dry_run and parsing the gcloud lines.
 """
 import csv
+import json
 import pathlib
 import shlex
 import subprocess
@@ -110,6 +111,35 @@ def test_write_report(tmp_path):
   assert md.startswith("| name | gflops |") and "fd vs gflops: b = -0.500" in md
   for png in ("vs_gflops.png", "vs_train_compute.png"):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fid_evaluation_samples_then_runs_dit_jax_evaluate(tmp_path, monkeypatch):
+  """quality="fid": the run's samples go to `dit_jax.evaluate` with the grid's reference."""
+  calls = []
+
+  def fake_run(cmd, check):
+    calls.append(cmd)
+    assert check
+    if cmd[2] == "dit_jax.evaluate":
+      out = next(a.split("=", 1)[1] for a in cmd if a.startswith("--output="))
+      pathlib.Path(out).write_text(json.dumps(dict(fid=3.5, sfid=5.0, inception_score=200.0,
+                                                   precision=0.8, recall=None, num_samples=64)))
+  monkeypatch.setattr(subprocess, "run", fake_run)
+  evaluation = dict(quality="fid", reference="/refs/ref.npz", inception_weights="/w/i.pth",
+                    num_samples=64, num_sampling_steps=50)
+  got = sweep.evaluate_quality(evaluation, str(tmp_path))
+  assert got == dict(fid=3.5, sfid=5.0, inception_score=200.0, precision=0.8)  # None dropped
+  sample_cmd, evaluate_cmd = calls
+  assert sample_cmd[2] == "dit_jax.sample" and "--num_samples=64" in sample_cmd
+  assert "--num_sampling_steps=50" in sample_cmd and "--eval=false" in sample_cmd
+  samples = next(a.split("=", 1)[1] for a in sample_cmd if a.startswith("--output="))
+  assert evaluate_cmd[3:6] == [f"--samples={samples}", "--reference=/refs/ref.npz",
+                               f"--output={tmp_path / sweep.FID_FILE}"]
+  assert "--inception_weights=/w/i.pth" in evaluate_cmd
+  with pytest.raises(ValueError, match="needs reference="):
+    sweep.evaluate_quality(dict(quality="fid"), str(tmp_path))
+  with pytest.raises(ValueError, match=r"unknown; use one of \('digits', 'fid'\)"):
+    sweep.evaluate_quality(dict(quality="lpips"), str(tmp_path))
 
 
 def test_launch_command_dry_runs_through_up_sh():
