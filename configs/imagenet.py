@@ -12,9 +12,8 @@ bf16 compute with float32 parameters; parameters and optimizer state sharded ove
 
 Launch (every host of a TPU pod runs the same command; jax.distributed starts itself):
   python -m dit_jax.train --config configs/imagenet.py:variant=XL/2,res=256 \
-      --workdir gs://BUCKET/dit-xl2-256 --config.data.data_dir=/home/$USER/data/latents256
-  (the latent cache is read from a local path on each host: copy it there, or mount the
-  bucket with gcsfuse; see docs/scaling.md)
+      --workdir gs://BUCKET/dit-xl2-256 --config.data.data_dir=gs://BUCKET/latents256
+  (the latent cache is read from the bucket, or from a local copy on each host; docs/data.md)
   # 512 px fine-tune from the 256 px run (the position table is rebuilt for the new grid):
   python -m dit_jax.train --config configs/imagenet.py:variant=XL/2,res=512 \
       --workdir gs://BUCKET/dit-xl2-512 --config.init_from=gs://BUCKET/dit-xl2-256

@@ -137,7 +137,15 @@ def _check_sampling(config) -> None:
 
 
 def _check_data(config) -> None:
+  """The data directory must open (locally or in a bucket) and give the model's input shape."""
   from dit_jax import data  # local: the data package pulls in grain
+  from dit_jax.data import sources
+  try:
+    sources.check_data_dir(config.data)
+  except sources.DataDirError as e:
+    raise ConfigError(f"config.data.data_dir={e.data_dir}: {e.problem}") from e
+  except ValueError as e:  # a missing field, named by the source
+    raise ConfigError(str(e)) from e
   kw = model_kwargs(config.model.to_dict())
   want = (kw["input_size"], kw["input_size"], kw.get("in_channels", 4))
   got = tuple(data.input_shape(config.data))
@@ -155,7 +163,9 @@ def validate(config, *, num_devices: int, process_count: int = 1, check_data: bo
     config: the training ConfigDict.
     num_devices: how many devices the mesh will span (all processes together).
     process_count: number of JAX processes feeding the global batch.
-    check_data: also compare the data pipeline's input shape with the model's.
+    check_data: also open config.data.data_dir (meta.json and markers of a latent cache, the
+      image folder, the TFDS dataset; local or a bucket) and compare the data pipeline's input
+      shape with the model's.
   """
   _check_finite(config)
   _check_training(config)

@@ -2,8 +2,8 @@
 
 `root/<class name>/**/<file>.{jpg,jpeg,png,...}`; labels are the sorted class folder names'
 indices, files are sorted, as torchvision's ImageFolder (which DiT's training script uses) does.
+`root` may be local or in a bucket (gs://): listing and reading go through etils.epath.
 """
-import os
 from typing import Any
 
 import numpy as np
@@ -14,28 +14,53 @@ from dit_jax.data import sources, transforms
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def root_from_config(data_cfg: Any) -> str:
+  """`data.data_dir`, joined with `data.split` when set."""
+  data_dir = sources.field(data_cfg, "data_dir", "")
+  if not data_dir:
+    raise ValueError("config.data.data_dir must name the image folder for source='imagefolder'.")
+  split = sources.field(data_cfg, "split", "")
+  return str(sources.as_path(data_dir) / split) if split else data_dir
+
+
+def check_root(root: str, data_dir: str = "") -> None:
+  """DataDirError unless `root` (`data_dir`, or `data_dir`/split) is a directory."""
+  if not sources.as_path(root).is_dir():
+    where = "there" if root == (data_dir or root) else f"at {root} (data_dir / config.data.split)"
+    raise sources.DataDirError(data_dir or root, f"no image folder {where}: not a directory.")
+
+
+def _image_files(folder) -> list[str]:
+  """Image files under `folder` (any depth), relative to it. Entries with an image extension
+  are taken for files without asking the file layer (a request each on a bucket)."""
+  files = []
+  for entry in folder.iterdir():
+    if entry.name.lower().endswith(IMAGE_EXTENSIONS):
+      files.append(entry.name)
+    elif entry.is_dir():
+      files += [f"{entry.name}/{f}" for f in _image_files(entry)]
+  return files
+
+
 def list_images(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-  """Returns (class names, relative paths as a bytes array, int32 labels) under `root`."""
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"image folder {root} does not exist (config.data.data_dir / split).")
-  classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+  """Returns (class names, relative paths as a bytes array, int32 labels) under `root`, in
+  torchvision's order: classes sorted, then files by (directory path, file name)."""
+  check_root(root)
+  class_dirs = sorted((e for e in sources.as_path(root).iterdir() if e.is_dir()), key=lambda p: p.name)
   paths, labels = [], []
-  for label, name in enumerate(classes):
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), followlinks=True):
-      dirnames.sort()
-      for filename in sorted(filenames):
-        if filename.lower().endswith(IMAGE_EXTENSIONS):
-          paths.append(os.path.relpath(os.path.join(dirpath, filename), root))
-          labels.append(label)
+  for label, class_dir in enumerate(class_dirs):
+    files = sorted(_image_files(class_dir), key=lambda f: f.rpartition("/")[::2])
+    paths += [f"{class_dir.name}/{f}" for f in files]
+    labels += [label] * len(files)
   if not paths:
     raise ValueError(f"image folder {root} has no images in class subfolders "
-                     f"({len(classes)} subfolders, extensions {IMAGE_EXTENSIONS}).")
-  return classes, np.array(paths, dtype=np.bytes_), np.array(labels, np.int32)
+                     f"({len(class_dirs)} subfolders, extensions {IMAGE_EXTENSIONS}).")
+  return [d.name for d in class_dirs], np.array(paths, dtype=np.bytes_), np.array(labels, np.int32)
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:
   """Decodes to RGB and applies the ADM center crop -> uint8 (image_size, image_size, 3)."""
-  with Image.open(path) as img:
+  with sources.as_path(path).open("rb") as f, Image.open(f) as img:
     return transforms.center_crop_arr(img.convert("RGB"), image_size)
 
 
@@ -49,20 +74,16 @@ class ImageFolderSource(sources.SkippingSource):
 
   @classmethod
   def from_config(cls, data_cfg: Any) -> "ImageFolderSource":
-    data_dir = sources.field(data_cfg, "data_dir", "")
-    if not data_dir:
-      raise ValueError("config.data.data_dir must name the image folder for source='imagefolder'.")
-    split = sources.field(data_cfg, "split", "")
     image_size = sources.field(data_cfg, "image_size", 0)
     if image_size <= 0:
       raise ValueError("config.data.image_size must be set for source='imagefolder' (e.g. 256).")
-    return cls(os.path.join(data_dir, split) if split else data_dir, image_size)
+    return cls(root_from_config(data_cfg), image_size)
 
   def __len__(self) -> int:
     return len(self._labels)
 
   def path(self, index: int) -> str:
-    return os.path.join(self.root, self._paths[index].decode())
+    return str(sources.as_path(self.root) / self._paths[index].decode())
 
   def read(self, index: int) -> dict:
     path = self.path(index)

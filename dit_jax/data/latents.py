@@ -7,9 +7,14 @@ and ArrayRecord shards `latents-SSSSS-of-NNNNN.array_record`, each finished one 
 cache dtype. Training samples `mean + exp(logvar / 2) * eps` of a randomly chosen flip and
 multiplies by `latent_scale` (0.18215), so both the flip augmentation and the posterior noise
 of DiT's recipe survive caching (fast-DiT's cache keeps neither).
+
+The directory may be local or in a bucket (gs://): meta.json and the markers are read through
+etils.epath (as TFDS and Orbax read theirs); the shards are opened by ArrayRecord's own C++
+reader, which reads local files and, in the array_record releases that bundle riegeli's
+GcsReader (0.8.6 here), gs:// objects with Application Default Credentials; other schemes
+(s3://, ...) it cannot open, and the source says so.
 """
 import json
-import os
 from typing import Any
 
 import grain
@@ -29,7 +34,7 @@ _LABEL_BYTES = 4
 
 
 def shard_path(cache_dir: str, shard: int, num_shards: int) -> str:
-  return os.path.join(cache_dir, SHARD_PATTERN.format(shard, num_shards))
+  return str(sources.as_path(cache_dir) / SHARD_PATTERN.format(shard, num_shards))
 
 
 def encode_record(label: int, moments: np.ndarray) -> bytes:
@@ -44,25 +49,50 @@ def decode_record(record: bytes, shape: tuple[int, ...], dtype: np.dtype) -> tup
 
 
 def read_meta(cache_dir: str) -> dict:
-  path = os.path.join(cache_dir, META_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no latent cache at {cache_dir} ({META_FILE} missing); build it with "
-                            "`python -m dit_jax.data.precompute_latents --output DIR ...`.")
-  with open(path) as f:
-    return json.load(f)
+  path = sources.as_path(cache_dir) / META_FILE
+  if not path.exists():
+    raise sources.DataDirError(
+        cache_dir, f"no latent cache there ({META_FILE} missing); build it with "
+        "`python -m dit_jax.data.precompute_latents --output DIR ...`.")
+  return json.loads(path.read_text())
 
 
 def write_meta(cache_dir: str, meta: dict) -> None:
-  os.makedirs(cache_dir, exist_ok=True)
-  with open(os.path.join(cache_dir, META_FILE), "w") as f:
-    json.dump(meta, f, indent=2)
+  path = sources.as_path(cache_dir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / META_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def cache_dir_from_config(data_cfg: Any) -> str:
+  """`data.data_dir`, which must name the cache for source='latents'."""
+  path = sources.field(data_cfg, "data_dir", "")
+  if not path:
+    raise ValueError("config.data.data_dir must name the latent cache for source='latents'.")
+  return path
+
+
+def open_cache(cache_dir: str) -> tuple[dict, list[str]]:
+  """(meta, shard paths) of the finished cache in `cache_dir`.
+
+  Reads only meta.json and checks the shard markers (cheap, so config checks call it before
+  compiling); raises DataDirError naming the directory and what is missing.
+  """
+  meta = read_meta(cache_dir)
+  num_shards = meta["num_shards"]
+  paths = [shard_path(cache_dir, s, num_shards) for s in range(num_shards)]
+  unfinished = [p + DONE_SUFFIX for p in paths if not sources.as_path(p + DONE_SUFFIX).exists()]
+  if unfinished:
+    raise sources.DataDirError(
+        cache_dir, f"the latent cache is incomplete ({len(unfinished)} of {num_shards} shards "
+        f"unfinished: no marker {unfinished[0]}); rerun precompute_latents to finish it.")
+  return meta, paths
 
 
 def latent_shape(data_cfg: Any) -> tuple[int, int, int]:
   """(h, w, c) of the cache in `data.data_dir`, or of the SD-VAE at `data.image_size` when
   no cache exists yet (e.g. for ahead-of-time compilation)."""
   cache_dir = sources.field(data_cfg, "data_dir", "")
-  if cache_dir and os.path.exists(os.path.join(cache_dir, META_FILE)):
+  if cache_dir and (sources.as_path(cache_dir) / META_FILE).exists():
     return tuple(read_meta(cache_dir)["latent_shape"])
   size = sources.field(data_cfg, "image_size", 0)
   if size <= 0 or size % SD_VAE_FACTOR:
@@ -76,24 +106,19 @@ class LatentsSource:
 
   def __init__(self, cache_dir: str):
     self.cache_dir = cache_dir
-    meta = read_meta(cache_dir)
+    meta, paths = open_cache(cache_dir)
     self._shape = (2, 2, *meta["latent_shape"])
     self._dtype = np.dtype(meta["dtype"])
-    num_shards = meta["num_shards"]
-    paths = [shard_path(cache_dir, s, num_shards) for s in range(num_shards)]
-    unfinished = [p for p in paths if not os.path.exists(p + DONE_SUFFIX)]
-    if unfinished:
-      raise FileNotFoundError(
-          f"latent cache {cache_dir} is incomplete ({len(unfinished)} of {num_shards} shards "
-          f"unfinished, e.g. {unfinished[0]}); rerun precompute_latents to finish it.")
-    self._records = grain.sources.ArrayRecordDataSource(paths)
+    try:
+      self._records = grain.sources.ArrayRecordDataSource(paths)
+    except RuntimeError as e:  # from ArrayRecord's C++ reader: "open() failed: ...; opening PATH"
+      raise sources.DataDirError(
+          cache_dir, f"ArrayRecord's reader cannot open a shard ({e}); it reads local files "
+          "and gs:// objects only: copy the cache to one.") from e
 
   @classmethod
   def from_config(cls, data_cfg: Any) -> "LatentsSource":
-    cache_dir = sources.field(data_cfg, "data_dir", "")
-    if not cache_dir:
-      raise ValueError("config.data.data_dir must name the latent cache for source='latents'.")
-    return cls(cache_dir)
+    return cls(cache_dir_from_config(data_cfg))
 
   def __len__(self) -> int:
     return len(self._records)

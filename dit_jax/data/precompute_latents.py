@@ -8,12 +8,17 @@ its horizontal flip, plus the label (format: latents.py). Shards are split over 
 (shard s goes to process s % process_count; on a pod pass --distributed on every host) and each
 batch over the process's local devices. Finished shards are skipped, so an interrupted run is
 resumed by rerunning the same command. Unreadable images are skipped and counted.
+
+--output may be a bucket (gs://B/DIR): ArrayRecord's writer writes local files only, so each
+shard is written to a local temporary file and copied there through etils.epath before its
+marker is written.
 """
 import argparse
 import concurrent.futures
 import json
 import math
 import os
+import tempfile
 import time
 
 import jax
@@ -75,29 +80,33 @@ def _chunks(source, indices, batch_size: int, pool):
 
 def _write_shard(path, source, indices, encode, num_devices, batch_size, dtype, pool, progress):
   from array_record.python.array_record_module import ArrayRecordWriter  # local: tool-only
-  writer = ArrayRecordWriter(path + _TMP_SUFFIX, latents.WRITER_OPTIONS)
-  written = skipped = 0
-  for chunk in _chunks(source, indices, batch_size, pool):
-    good = [e for e in chunk if e is not None]
-    skipped += len(chunk) - len(good)
-    if good:
-      images = np.stack([e["x"] for e in good])
-      pad = -len(good) % num_devices
-      images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-      moments = encode(images)[:len(good)].astype(dtype)
-      for e, m in zip(good, moments):
-        writer.write(latents.encode_record(int(e["y"]), m))
-      written += len(good)
-    progress.update(len(chunk))
-  writer.close()
-  os.replace(path + _TMP_SUFFIX, path)
-  with open(path + latents.DONE_SUFFIX, "w") as f:
-    json.dump(dict(images=written, skipped=skipped), f)
+  local = "://" not in path
+  with tempfile.TemporaryDirectory() as tmp:
+    staging = path + _TMP_SUFFIX if local else os.path.join(tmp, os.path.basename(path))
+    writer = ArrayRecordWriter(staging, latents.WRITER_OPTIONS)
+    written = skipped = 0
+    for chunk in _chunks(source, indices, batch_size, pool):
+      good = [e for e in chunk if e is not None]
+      skipped += len(chunk) - len(good)
+      if good:
+        images = np.stack([e["x"] for e in good])
+        pad = -len(good) % num_devices
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+        moments = encode(images)[:len(good)].astype(dtype)
+        for e, m in zip(good, moments):
+          writer.write(latents.encode_record(int(e["y"]), m))
+        written += len(good)
+      progress.update(len(chunk))
+    writer.close()
+    if local:
+      os.replace(staging, path)
+    else:
+      sources.as_path(staging).copy(path, overwrite=True)
+  sources.as_path(path + latents.DONE_SUFFIX).write_text(json.dumps(dict(images=written, skipped=skipped)))
 
 
 def _check_or_write_meta(output: str, meta: dict) -> None:
-  path = os.path.join(output, latents.META_FILE)
-  if os.path.exists(path):
+  if (sources.as_path(output) / latents.META_FILE).exists():
     old = latents.read_meta(output)
     diff = {k: (old.get(k), meta[k]) for k in _META_KEYS if old.get(k) != meta[k]}
     if diff:
@@ -117,12 +126,13 @@ def precompute(args) -> dict:
   num_shards = args.num_shards or max(1, math.ceil(len(source) / IMAGES_PER_SHARD))
   meta = dict(image_size=args.image_size, latent_shape=list(vae.latent_shape(args.vae, args.image_size)),
               dtype=args.dtype, num_shards=num_shards, num_source_examples=len(source),
-              source=repr(source), vae=os.path.abspath(args.vae))
-  os.makedirs(args.output, exist_ok=True)
+              source=repr(source), vae=args.vae if "://" in args.vae else os.path.abspath(args.vae))
+  sources.as_path(args.output).mkdir(parents=True, exist_ok=True)
   _check_or_write_meta(args.output, meta)
   bounds = np.linspace(0, len(source), num_shards + 1).astype(int)
   mine = [s for s in range(num_shards) if s % jax.process_count() == jax.process_index()]
-  todo = [s for s in mine if not os.path.exists(latents.shard_path(args.output, s, num_shards) + latents.DONE_SUFFIX)]
+  todo = [s for s in mine
+          if not sources.as_path(latents.shard_path(args.output, s, num_shards) + latents.DONE_SUFFIX).exists()]
   encode, num_devices = make_encoder(args.vae, args.vae_dtype)
   start = time.time()
   total = sum(bounds[s + 1] - bounds[s] for s in todo)
@@ -134,10 +144,9 @@ def precompute(args) -> dict:
   summary = dict(images=0, skipped=0, shards_done=0, num_shards=num_shards,
                  shards_encoded_now=len(todo), seconds=round(time.time() - start, 1))
   for s in range(num_shards):
-    marker = latents.shard_path(args.output, s, num_shards) + latents.DONE_SUFFIX
-    if os.path.exists(marker):
-      with open(marker) as f:
-        done = json.load(f)
+    marker = sources.as_path(latents.shard_path(args.output, s, num_shards) + latents.DONE_SUFFIX)
+    if marker.exists():
+      done = json.loads(marker.read_text())
       summary["images"] += done["images"]
       summary["skipped"] += done["skipped"]
       summary["shards_done"] += 1
@@ -152,7 +161,7 @@ def parse_args(argv=None):
   parser.add_argument("--split", default="", help="TFDS split, or a subfolder of --data_dir")
   parser.add_argument("--image_size", type=int, required=True, help="256 or 512 for DiT")
   parser.add_argument("--vae", required=True, help="converted VAE dir (python -m dit_jax.models.vae_weights)")
-  parser.add_argument("--output", required=True, help="cache directory")
+  parser.add_argument("--output", required=True, help="cache directory (local or gs://)")
   parser.add_argument("--num_shards", type=int, default=0, help=f"0: one per {IMAGES_PER_SHARD} images")
   parser.add_argument("--batch_size", type=int, default=64, help="images per encode call per process")
   parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],

@@ -4,11 +4,16 @@ Every source returns, for an index, `dict(x=float32 HWC, y=int32, skipped=int32)
 augmentation (pixel sources: x in [-1, 1], unflipped), or the raw posterior record for the
 latents source. Sources are plain picklable objects with a stable `repr` (grain prints it in
 its stats and ships the object to worker processes).
+
+Data directories may be local or in a bucket (gs://, s3://, ...): sources reach them through
+etils.epath, the file layer TFDS and Orbax use (tf.io.gfile when TensorFlow is installed, else
+fsspec).
 """
 import logging
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 SOURCE_DIGITS = "digits"
 SOURCE_TFDS = "tfds"
@@ -25,6 +30,24 @@ def field(cfg: Any, name: str, default: Any = None) -> Any:
   """Reads `name` from a ConfigDict or mapping, with a default for absent or None values."""
   value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
   return default if value is None else value
+
+
+class DataDirError(FileNotFoundError):
+  """A data directory its source cannot read: `data_dir` and what was looked for there."""
+
+  def __init__(self, data_dir: str, problem: str):
+    super().__init__(f"{data_dir}: {problem}")
+    self.data_dir = data_dir
+    self.problem = problem
+
+
+def as_path(path: str) -> epath.Path:
+  """`path` (local, gs://, s3://, ...) as an epath.Path; DataDirError for a scheme epath lacks."""
+  try:
+    return epath.Path(path)
+  except KeyError as e:  # epath looks the scheme up in its registry
+    raise DataDirError(path, "no file layer for this scheme (etils.epath reads local paths, "
+                             "gs://, s3://, az:// and hf://).") from e
 
 
 class DigitsSource:
@@ -84,6 +107,22 @@ def digits_upscale(data_cfg: Any) -> int:
         f"config.data.image_size={size} is not a multiple of 8; the digits source is 8x8 "
         "(set image_size to 8, or a multiple of 8 to upscale by pixel repetition).")
   return size // DIGITS_SIZE
+
+
+def check_data_dir(data_cfg: Any) -> None:
+  """Opens what the source needs from `data.data_dir` without reading the data (meta.json and
+  markers of a latent cache, the image folder, the TFDS dataset info), so that a path that
+  cannot be read fails before compiling. Raises DataDirError (or ValueError for other fields)."""
+  source = field(data_cfg, "source", SOURCE_DIGITS)
+  if source == SOURCE_LATENTS:
+    from dit_jax.data import latents
+    latents.open_cache(latents.cache_dir_from_config(data_cfg))
+  elif source == SOURCE_IMAGEFOLDER:
+    from dit_jax.data import imagefolder
+    imagefolder.check_root(imagefolder.root_from_config(data_cfg), field(data_cfg, "data_dir", ""))
+  elif source == SOURCE_TFDS:
+    from dit_jax.data import tfds_source
+    tfds_source.open_source(data_cfg)
 
 
 def make_source(data_cfg: Any):

@@ -1,14 +1,20 @@
 """Tiny fixtures for tests: an image folder, a random SD-VAE-shaped VAE and a latent cache.
 
 Other areas' tests (e.g. a few training steps from cached latents) build their inputs here
-instead of duplicating the setup.
+instead of duplicating the setup. `local_bucket` serves gs:// paths from a local directory.
 """
+import contextlib
+import importlib
 import os
 
 import jax
 import jax.numpy as jnp
+import fsspec
 import numpy as np
+from etils import epath
 from flax import linen as nn
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from dit_jax.data import precompute_latents
@@ -66,3 +72,52 @@ def make_latent_cache(root: str, image_size: int = 16, num_images: int = 8, num_
                            "--vae", vae_dir, "--output", cache, "--num_shards", str(num_shards),
                            "--batch_size", "4", "--num_threads", "2"])
   return dict(source="latents", data_dir=cache, image_size=image_size, flip=True, latent_scale=0.18215)
+
+
+class _LocalBucketFileSystem(DirFileSystem):
+  """fsspec filesystem for `PROTOCOL://BUCKET/PATH` = `root/BUCKET/PATH` (root: a subclass's)."""
+  root = ""
+
+  def __init__(self, *args, **kwargs):  # epath passes gcsfs's options (finalize_on_close)
+    del args, kwargs
+    super().__init__(path=self.root, fs=LocalFileSystem())
+
+
+@contextlib.contextmanager
+def local_bucket(root: str, protocols: tuple[str, ...] = ("gs",)):
+  """Serves `gs://BUCKET/PATH` (and the other `protocols`) from `root/BUCKET/PATH`.
+
+  etils.epath reaches gs:// through tf.io.gfile when TensorFlow is installed and through
+  fsspec otherwise (EPATH_USE_TF=false); here it is switched to fsspec with this local
+  filesystem registered for the protocols, so the data code makes the same epath calls as on a
+  real bucket without any network. ArrayRecord's C++ reader does not go through epath: it
+  cannot be served this way (on gs:// it would call Google Cloud Storage).
+  """
+  from etils.epath import backend, gpath  # pylint: disable=g-import-not-at-top
+  registry = importlib.import_module("fsspec.registry")._registry  # the mutable registry
+  fs_cls = type("LocalBucketFileSystem", (_LocalBucketFileSystem,),
+                dict(root=root, protocol=tuple(protocols) + (("gcs",) if "gs" in protocols else ())))
+  names = fs_cls.protocol
+  saved_env, saved_fs = os.environ.get("EPATH_USE_TF"), {n: registry.get(n) for n in names}
+
+  def reset_caches():  # epath caches its TensorFlow check and its filesystems
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+  os.environ["EPATH_USE_TF"] = "false"
+  for name in names:
+    fsspec.register_implementation(name, fs_cls, clobber=True)
+  reset_caches()
+  try:
+    yield epath.Path(root)
+  finally:
+    if saved_env is None:
+      os.environ.pop("EPATH_USE_TF", None)
+    else:
+      os.environ["EPATH_USE_TF"] = saved_env
+    for name, cls in saved_fs.items():
+      if cls is None:
+        registry.pop(name, None)
+      else:
+        registry[name] = cls
+    reset_caches()

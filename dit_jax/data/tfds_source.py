@@ -15,7 +15,9 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 
 
-def _open(data_cfg: Any):
+def open_source(data_cfg: Any):
+  """`tfds.data_source` of `data.name` / `data.split` in `data.data_dir` (local or a bucket:
+  TFDS reads it through etils.epath, and its ArrayRecord shards as latents.py describes)."""
   import tensorflow_datasets as tfds  # local: only this source needs it
   name = sources.field(data_cfg, "name", "")
   split = sources.field(data_cfg, "split", "train")
@@ -27,14 +29,15 @@ def _open(data_cfg: Any):
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"unknown TFDS dataset config.data.name={name!r}.") from e
   except (NotImplementedError, FileNotFoundError, AssertionError, ValueError) as e:
-    raise FileNotFoundError(
-        f"TFDS dataset {name!r} split {split!r} is not prepared as array_record in data_dir="
-        f"{data_dir}; run `tfds build {name} --data_dir DIR --file_format=array_record`. ({e})") from e
+    raise sources.DataDirError(
+        data_dir or "(the default TFDS data_dir)",
+        f"TFDS dataset {name!r} split {split!r} is not prepared there as array_record; run "
+        f"`tfds build {name} --data_dir DIR --file_format=array_record`. ({e})") from e
 
 
 def num_channels(data_cfg: Any) -> int:
   """Channels of the dataset's image feature (1 for MNIST, 3 for ImageNet)."""
-  return _open(data_cfg).dataset_info.features[IMAGE_KEY].shape[-1]
+  return open_source(data_cfg).dataset_info.features[IMAGE_KEY].shape[-1]
 
 
 class TfdsSource(sources.SkippingSource):
@@ -49,7 +52,7 @@ class TfdsSource(sources.SkippingSource):
     image_size = sources.field(data_cfg, "image_size", 0)
     if image_size <= 0:
       raise ValueError("config.data.image_size must be set for source='tfds' (e.g. 256).")
-    return cls(_open(data_cfg), image_size)
+    return cls(open_source(data_cfg), image_size)
 
   def __len__(self) -> int:
     return len(self._source)
