@@ -364,11 +364,13 @@ class PreemptionWatcher:
   """Tells the training loop when to save and stop because the job is being preempted.
 
   Multi-process (TPU pods, jax.distributed): JAX's preemption service catches SIGTERM on any host
-  and `reached_preemption_sync_point(step)` turns True at the same step on every host. Single
-  process: a SIGTERM handler sets a flag checked after each step.
+  and Orbax's `manager.reached_preemption(step)` turns True at the same step on every host (False
+  when the service is disabled). Single process: a SIGTERM handler sets a flag checked after each
+  step.
   """
 
-  def __init__(self):
+  def __init__(self, manager: ocp.CheckpointManager):
+    self._manager = manager
     self._distributed = jax.process_count() > 1
     self._signalled = False
     self._previous = None
@@ -382,7 +384,7 @@ class PreemptionWatcher:
   def should_stop(self, step: int) -> bool:
     """Call after every step on every process; True means save now and exit."""
     if self._distributed:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return self._manager.reached_preemption(step)
     return self._signalled
 
   def close(self) -> None:

@@ -219,7 +219,7 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
   init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
   abstract_state, state_shardings = ts.abstract_train_state(config, mesh)
   manager = checkpoint.manager_for_config(workdir, config)
-  watcher = checkpoint.PreemptionWatcher()
+  watcher = checkpoint.PreemptionWatcher(manager)
   try:
     state = _initial_state(config, mesh, abstract_state, manager, init_rng)
     step = int(jax.device_get(state.step))

@@ -13,17 +13,21 @@ target shardings requested; no training is needed, so states come from `init_tra
   JSON): resume restores the previous step exactly and moves the damaged one to damaged_checkpoints/; sampling reads the previous EMA and leaves
   the damaged one in place; with nothing intact both say what to do.
 - Resuming with another model shape or batch size is refused by name before any array is read.
+- Preemption with several processes (process count patched to 2): no SIGTERM handler of ours,
+  Orbax's reached_preemption decides (a disabled preemption service means no preemption).
 - A checkpoint of the older format (a grain iterator file per process, here 2) resumes on one
   process, silently.
 """
 import pathlib
 import shutil
+import signal
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental import multihost_utils
 
 from configs import digits
 from dit_jax import checkpoint, data, sharding, train
@@ -247,3 +251,18 @@ def test_checkpoint_of_two_processes_with_their_iterators_resumes_on_one(tmp_pat
     restored = checkpoint.restore_latest_intact(manager, config, abstract)
   _assert_trees_equal(restored, jax.device_get(state))
   assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+
+
+def test_multi_process_preemption_is_orbax_s_sync_point(tmp_path, monkeypatch):
+  """With several processes the watcher installs no SIGTERM handler (JAX's preemption service
+  owns SIGTERM) and asks Orbax, which turns a disabled service into "not preempted"."""
+  handler = signal.getsignal(signal.SIGTERM)
+  with checkpoint.create_manager(str(tmp_path)) as manager, monkeypatch.context() as patch:
+    patch.setattr(jax, "process_count", lambda: 2)
+    watcher = checkpoint.PreemptionWatcher(manager)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert not watcher.should_stop(3)  # no jax.distributed here: the service is not running
+    patch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 7)
+    assert [watcher.should_stop(s) for s in (6, 7)] == [False, True]
+    watcher.close()
+  assert signal.getsignal(signal.SIGTERM) is handler
