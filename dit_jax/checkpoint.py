@@ -60,11 +60,28 @@ class DamagedCheckpointError(RuntimeError):
   """No intact checkpoint is left to restore; the message says which are damaged and what to do."""
 
 
-ocp.type_handlers.register_type_handler(
-    jax.Array,
-    ocp.type_handlers.ArrayHandler(
-        min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
-    override=True)
+def _register_array_handler() -> None:
+  """Replaces Orbax's jax.Array handler by one with MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL.
+
+  Orbax warns that it overrides the default handler; that is the point, so exactly that warning
+  is dropped (the filter is on absl's logger for this call only).
+  """
+  def overriding(record: logging.LogRecord) -> bool:
+    return "overriding" not in record.getMessage()
+
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(overriding)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array,
+        ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES_FOR_REPLICA_PARALLEL),
+        override=True)
+  finally:
+    absl_logger.removeFilter(overriding)
+
+
+_register_array_handler()
 
 
 def checkpoint_dir(path: str) -> epath.Path:

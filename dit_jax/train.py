@@ -21,21 +21,26 @@ import glob
 import logging
 import os
 
-import jax
-import numpy as np
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+# clu's TensorBoard writers import TensorFlow, which only writes event files here; with its oneDNN
+# kernels off it also skips the notice it prints on import. A value the user set is kept.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from dit_jax import checkpoint
-from dit_jax import config_checks
-from dit_jax import data
-from dit_jax import metrics as metrics_lib
-from dit_jax import sharding
-from dit_jax import train_state as ts
-from dit_jax import workdir_lock
-from dit_jax.data import sources
-from dit_jax.evaluation import during_training
+import jax  # noqa: E402  (after the environment is set, as every import below)
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dit_jax import checkpoint  # noqa: E402
+from dit_jax import config_checks  # noqa: E402
+from dit_jax import data  # noqa: E402
+from dit_jax import flops  # noqa: E402
+from dit_jax import metrics as metrics_lib  # noqa: E402
+from dit_jax import sharding  # noqa: E402
+from dit_jax import train_state as ts  # noqa: E402
+from dit_jax import workdir_lock  # noqa: E402
+from dit_jax.data import sources  # noqa: E402
+from dit_jax.evaluation import during_training  # noqa: E402
 
 FLAGS = flags.FLAGS
 DISTRIBUTED_MODES = ("auto", "on", "off")  # --distributed
@@ -218,6 +223,10 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
                jax.process_count())
   init_rng, train_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 3)
   abstract_state, state_shardings = ts.abstract_train_state(config, mesh)
+  model = ts.build_model(config)
+  logging.info("Model: %s parameters, %.4g Gflops per image (forward).",
+               f"{sum(p.size for p in jax.tree.leaves(abstract_state.params)):,}",
+               flops.dit_gflops(model))
   manager = checkpoint.manager_for_config(workdir, config)
   watcher = checkpoint.PreemptionWatcher(manager)
   try:
@@ -234,7 +243,7 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
         process_index=jax.process_index(), process_count=jax.process_count(), start_step=step))
     train_step = ts.jit_train_step(config, mesh, state_shardings)
     encode = make_latent_encoder(config, mesh)
-    monitor = metrics_lib.TrainMonitor(config, workdir, ts.build_model(config), mesh, step)
+    monitor = metrics_lib.TrainMonitor(config, workdir, model, mesh, step)
     evaluator = (during_training.TrainingEvaluator(config, mesh)
                  if during_training.enabled(config) else None)
     if step == 0:
