@@ -12,10 +12,12 @@ tracked during training. FID and the other ADM scores come from ``config.eval``
 import logging
 import time
 
+import einops
 import jax
 import numpy as np
 from clu import metric_writers, periodic_actions
 from etils import epath
+from flax import traverse_util
 from PIL import Image
 
 from dit_jax import flops
@@ -32,28 +34,17 @@ EVAL_SCALARS = ("accuracy", "fd", "variety_ratio")
 
 def flatten_config(config) -> dict:
   """Scalar leaves of a config as {"a.b": value}, for TensorBoard hparams."""
-  out = {}
-
-  def visit(prefix, value):
-    if isinstance(value, dict):
-      for k, v in value.items():
-        visit(f"{prefix}.{k}" if prefix else k, v)
-    elif isinstance(value, (bool, int, float, str)):
-      out[prefix] = value
-  visit("", config.to_dict())
-  return out
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: v for k, v in flat.items() if isinstance(v, (bool, int, float, str))}
 
 
 def image_grid(images: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
-  """[N, H, W, C] in [-1, 1] -> one uint8 [rows*H, columns*W, C] image (row-major)."""
-  n, h, w, c = images.shape
-  rows = -(-n // columns)
+  """[N, H, W, C] in [-1, 1] -> one uint8 [rows*H, columns*W, C] image (row-major; black cells
+  fill the last row)."""
+  rows = -(-len(images) // columns)
   pixels = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-  canvas = np.zeros((rows * h, columns * w, c), np.uint8)
-  for i, img in enumerate(pixels):
-    r, k = divmod(i, columns)
-    canvas[r * h:(r + 1) * h, k * w:(k + 1) * w] = img
-  return canvas
+  pixels = np.pad(pixels, ((0, rows * columns - len(images)), (0, 0), (0, 0), (0, 0)))
+  return einops.rearrange(pixels, "(r k) h w c -> (r h) (k w) c", k=columns)
 
 
 class TrainMonitor:

@@ -20,6 +20,7 @@ import math
 import os
 import zipfile
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -277,17 +278,15 @@ def make_grid(images: np.ndarray, ncols: int = 10, pad: int = 2) -> np.ndarray:
 
   Images smaller than GRID_MIN_CELL_PX are enlarged by an integer factor (nearest neighbour).
   """
-  n, h, w, c = images.shape
+  n, h, w, _ = images.shape
   scale = max(1, math.ceil(GRID_MIN_CELL_PX / max(h, w)))
-  images = images.repeat(scale, axis=1).repeat(scale, axis=2)
-  h, w = h * scale, w * scale
+  images = einops.repeat(images, "n h w c -> n (h sh) (w sw) c", sh=scale, sw=scale)
   ncols = min(ncols, n)
   nrows = math.ceil(n / ncols)
-  grid = np.zeros((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.uint8)
-  for i, image in enumerate(images):
-    r, col = divmod(i, ncols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
-  return grid
+  # Black cells fill the last row; each cell gets its top and left border, the grid its last.
+  cells = np.pad(images, ((0, nrows * ncols - n), (pad, 0), (pad, 0), (0, 0)))
+  grid = einops.rearrange(cells, "(r k) h w c -> (r h) (k w) c", k=ncols)
+  return np.pad(grid, ((0, pad), (0, pad), (0, 0)))
 
 
 def save_png(image: np.ndarray, path: str) -> None:

@@ -157,9 +157,9 @@ def init_train_state(config, mesh: jax.sharding.Mesh, rng: jax.Array) -> TrainSt
   return init(rng)
 
 
-def global_norm(tree) -> jax.Array:
-  """L2 norm of all leaves together, accumulated in float32."""
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+def _norm(tree) -> jax.Array:
+  """L2 norm of all leaves together, in float32 (also for bfloat16 parameters)."""
+  return optax.tree_utils.tree_norm(optax.tree_utils.tree_cast(tree, jnp.float32))
 
 
 def all_finite(tree) -> jax.Array:
@@ -202,15 +202,14 @@ def make_train_step(config):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
-                              state.ema_params, params)
-    grad_norm = global_norm(grads)
+    ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - decay)
+    grad_norm = _norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                            opt_state=opt_state)
     new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = {k: jnp.mean(v) for k, v in terms.items()}
-    metrics.update(loss=loss, grad_norm=grad_norm, param_norm=global_norm(params),
+    metrics.update(loss=loss, grad_norm=grad_norm, param_norm=_norm(params),
                    learning_rate=schedule(state.step), finite=finite)
     if "skipped" in batch:
       metrics["skipped"] = jnp.sum(batch["skipped"])

@@ -112,6 +112,24 @@ def test_npz_grid_and_png_outputs(cli_outputs):
   np.testing.assert_array_equal(np.asarray(Image.open(cli_outputs / "png" / pngs[5])), images[5, :, :, 0])
 
 
+@pytest.mark.parametrize("n, ncols", [(7, 3), (2, 10)])
+def test_make_grid_cells_and_borders(n, ncols):
+  images = np.random.default_rng(0).integers(1, 256, (n, 8, 4, 3), dtype=np.uint8)
+  grid = sample.make_grid(images, ncols=ncols, pad=2)
+  scale = math.ceil(sample.GRID_MIN_CELL_PX / 8)  # nearest-neighbour enlargement
+  h, w, cols = 8 * scale, 4 * scale, min(ncols, n)
+  rows = math.ceil(n / cols)
+  assert grid.shape == (rows * (h + 2) + 2, cols * (w + 2) + 2, 3)
+  painted = np.zeros(grid.shape[:2], bool)
+  for i in range(rows * cols):
+    r, k = divmod(i, cols)
+    top, left = 2 + r * (h + 2), 2 + k * (w + 2)
+    want = images[i].repeat(scale, 0).repeat(scale, 1) if i < n else 0
+    np.testing.assert_array_equal(grid[top:top + h, left:left + w], want)
+    painted[top:top + h, left:left + w] = True
+  assert not grid[~painted].any()  # borders are black
+
+
 def test_labels_depend_only_on_seed_and_index():
   a = sample.sample_labels(7, 50, 10)
   np.testing.assert_array_equal(a[:20], sample.sample_labels(7, 20, 10))

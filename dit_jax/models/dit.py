@@ -9,12 +9,13 @@ the converter checks it and drops it).
 import dataclasses
 from typing import Any, Mapping
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from dit_jax.models import layers
-from dit_jax.models.layers import EMBED, MODULATION, PATCH, TOKENS, Dense, LayerNorm, modulate
+from dit_jax.models.layers import EMBED, MODULATION, PATCH, TOKENS, Dense, layer_norm, modulate
 
 BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
 ADAPTIVE_BLOCKS = ("adaln_zero", "adaln")
@@ -83,15 +84,15 @@ class DiTBlock(nn.Module):
       else:
         shift_msa, scale_msa, shift_mlp, scale_mlp = mod
         gate_msa = gate_mlp = 1.0
-      norm = LayerNorm(**kw)
+      norm = layer_norm(**kw)
       x = x + gate_msa * attn(modulate(norm(x), shift_msa, scale_msa))
       x = x + gate_mlp * mlp(modulate(norm(x), shift_mlp, scale_mlp))
     else:
-      x = x + attn(LayerNorm(use_affine=True, name="norm1", **kw)(x))
+      x = x + attn(layer_norm(True, name="norm1", **kw)(x))
       if self.block_type == "cross_attention":
         cross = layers.CrossAttention(self.num_heads, self.attention_impl, name="cross_attn", **kw)
-        x = x + cross(LayerNorm(use_affine=True, name="norm_cross", **kw)(x), cond)
-      x = x + mlp(LayerNorm(use_affine=True, name="norm2", **kw)(x))
+        x = x + cross(layer_norm(True, name="norm_cross", **kw)(x), cond)
+      x = x + mlp(layer_norm(True, name="norm2", **kw)(x))
     x = nn.with_logical_constraint(x, TOKENS)
     return (x, None) if self.scanned else x
 
@@ -112,19 +113,19 @@ class FinalLayer(nn.Module):
       mod = Dense((2 * x.shape[-1],), (EMBED,), (MODULATION,), name="adaLN_modulation",
                   kernel_init=zero, **kw)(nn.silu(c))
       shift, scale = jnp.split(mod, 2, axis=-1)
-      x = modulate(LayerNorm(**kw)(x), shift, scale)
+      x = modulate(layer_norm(**kw)(x), shift, scale)
     else:
-      x = LayerNorm(use_affine=True, name="norm_final", **kw)(x)
+      x = layer_norm(True, name="norm_final", **kw)(x)
     features = self.patch_size ** 2 * self.out_channels
     return Dense((features,), (EMBED,), (PATCH,), name="linear", kernel_init=zero, **kw)(x)
 
 
 def unpatchify(x: jax.Array, patch_size: int, channels: int) -> jax.Array:
-  """(B, T, p*p*C) tokens, features laid out (p_row, p_col, C) -> (B, H, W, C) images."""
-  b, t, _ = x.shape
-  g = int(round(t ** 0.5))
-  x = x.reshape(b, g, g, patch_size, patch_size, channels).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, g * patch_size, g * patch_size, channels)
+  """(B, T, p*p*C) tokens in row-major grid order, features laid out (p_row, p_col, C) ->
+  (B, H, W, C) images (a square grid of T tokens)."""
+  g = int(round(x.shape[1] ** 0.5))
+  return einops.rearrange(x, "b (gh gw) (p q c) -> b (gh p) (gw q) c", gh=g, gw=g, p=patch_size,
+                          q=patch_size, c=channels)
 
 
 class DiT(nn.Module):

@@ -13,6 +13,7 @@ Conventions follow the official DiT release (see docs/model.md): fused qkv laid 
 import math
 from typing import Any, Callable, Sequence
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,31 +94,21 @@ class Dense(nn.Module):
     return y
 
 
-class LayerNorm(nn.Module):
-  """LayerNorm over the last axis with float32 statistics; affine parameters optional.
+def layer_norm(affine: bool = False, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
+  """Flax's LayerNorm over the last axis as DiT uses it: eps 1e-6, float32 statistics computed in
+  two passes (mean, then the mean of squared deviations, as torch's LayerNorm; not flax's
+  default single-pass E[x^2] - E[x]^2), output in ``dtype``.
 
-  adaLN blocks use it without affine parameters (the modulation supplies scale and shift);
-  the in-context / cross-attention blocks of the paper use the standard affine version.
+  adaLN blocks use it without affine parameters (``affine=False``: the modulation supplies scale
+  and shift); the in-context / cross-attention blocks of the paper use the affine version, whose
+  ``scale`` and ``bias`` are partitioned along EMBED.
   """
-  use_affine: bool = False
-  epsilon: float = LAYER_NORM_EPS
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
-    if self.use_affine:
-      features = (x.shape[-1],)
-      scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (EMBED,)),
-                         features, self.param_dtype)
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
-                        features, self.param_dtype)
-      y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
-    return y.astype(self.dtype)
+  return nn.LayerNorm(
+      epsilon=LAYER_NORM_EPS, use_scale=affine, use_bias=affine, use_fast_variance=False,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (EMBED,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
+      dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -269,8 +260,7 @@ class PatchEmbed(nn.Module):
         x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(p, p), padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     y = y + bias.astype(self.dtype)
-    b, gh, gw, d = y.shape
-    return y.reshape(b, gh * gw, d)
+    return einops.rearrange(y, "b gh gw d -> b (gh gw) d")
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
