@@ -24,7 +24,7 @@ import time
 import jax
 from absl import app, flags, logging
 
-from dit_jax import paths, sharding
+from dit_jax import distributed, paths, sharding
 from dit_jax.evaluation import features as features_lib
 from dit_jax.evaluation import inception
 from dit_jax.evaluation import npz_images
@@ -122,17 +122,14 @@ def define_flags() -> None:
   flags.DEFINE_string("data_dir", "", "TFDS data_dir for --data tfds:NAME.")
   flags.DEFINE_integer("image_size", 0, "Center-crop size for imagefolder/tfds (default 256).")
   flags.DEFINE_integer("num_images", 0, "With --make_reference: the first N images (0: all).")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-  flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+  distributed.define_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = FLAGS
-  if f.coordinator_address:
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  distributed.initialize_from_flags()
   try:
     if f.make_reference:
       if not f.data:

@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
-from dit_jax import checkpoint, diffusion, paths, sharding
+from dit_jax import checkpoint, diffusion, distributed, paths, sharding
 from dit_jax import train_state as ts
 from dit_jax.data import sources
 
@@ -413,9 +413,7 @@ def define_flags() -> None:
   flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
   flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
                     "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
-  flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
-  flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+  distributed.define_flags()
 
 
 def main(argv):
@@ -424,8 +422,7 @@ def main(argv):
   f = flags.FLAGS
   if not (f.output or f.grid or f.png_dir or f.eval == "true"):
     raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
-  if f.coordinator_address:
-    jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  distributed.initialize_from_flags()
   try:  # sample_to_files checks them too; here a bad flag gets absl's usage error
     check_request(num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
                   grid_cols=f.grid_cols, labels=f.labels, num_steps=f.num_sampling_steps,
