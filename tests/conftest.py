@@ -3,6 +3,8 @@
 The flags must be set before JAX initializes its backends, hence at import time here.
 """
 import os
+import sys
+import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -10,6 +12,13 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 # TensorFlow (pulled in by clu writers / tfds) must not grab accelerators or spam logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# The registry's torchvision (pulled in by pytorch-fid, the FID oracle) is a CUDA build whose
+# operator registrations fail beside the CPU torch; diffusers and pytorch-fid only need its
+# pure-Python modules, so its registrations module is replaced by an empty one (STACK-NOTES.md),
+# before any test file imports diffusers or pytorch_fid.
+sys.modules.setdefault("torchvision._meta_registrations",
+                       types.ModuleType("torchvision._meta_registrations"))
 
 import jax  # noqa: E402  (after the environment is set)
 import pytest  # noqa: E402

@@ -185,10 +185,13 @@ class Mlp(nn.Module):
 def timestep_features(t: jax.Array, dim: int = TIMESTEP_FEATURES) -> jax.Array:
   """Sinusoidal timestep features [cos(t f), sin(t f)], f_i = exp(-ln(10000) i / (dim/2)).
 
-  Computed in float32 (t may be integer or fractional) as the official code does.
+  Computed in float32 (t may be integer or fractional) as the official code does. The
+  frequencies are a constant: exp of the official float32 exponents, correctly rounded to
+  float32 (XLA's own float32 exp may differ by an ulp, which t ~ 1000 turns into 6e-5 in t f).
   """
   half = dim // 2
-  freqs = jnp.exp(-math.log(MAX_PERIOD) * jnp.arange(half, dtype=jnp.float32) / half)
+  exponents = np.float32(-math.log(MAX_PERIOD)) * np.arange(half, dtype=np.float32) / np.float32(half)
+  freqs = jnp.asarray(np.exp(exponents.astype(np.float64)).astype(np.float32))
   args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
