@@ -2,24 +2,20 @@
 
 pytorch-fid imports torchvision; the registry's torchvision is a CUDA build whose operator
 registrations fail beside the CPU torch, and only its pure-Python inception module is needed, so
-an empty ``torchvision._meta_registrations`` is registered first (STACK-NOTES.md). The network is
-the one ``pytorch_fid.inception.fid_inception_v3`` builds, without its weight download. Batch
+tests/conftest.py registers an empty ``torchvision._meta_registrations`` first (STACK-NOTES.md).
+The network is the one ``pytorch_fid.inception.fid_inception_v3`` builds, without its weight download. Batch
 norms get running statistics averaged over a few train-mode passes on uniform noise (every layer
 sees normalized inputs in eval mode), random scales and mostly negative offsets: with zero
 offsets the random network is chaotic enough that float32 rounding alone (torch's as much as
 JAX's) moves its outputs by ~1e-4 of their range; with these it stays near 1e-6 while different
 images still give clearly different features.
 """
-import sys
-import types
 from unittest import mock
 
 import numpy as np
 import torch
 
-sys.modules.setdefault("torchvision._meta_registrations",
-                       types.ModuleType("torchvision._meta_registrations"))
-from pytorch_fid import inception as fid_inception  # noqa: E402  (after the shim)
+from pytorch_fid import inception as fid_inception  # (conftest.py registered the shim)
 
 SPATIAL_CHANNELS = 7
 

@@ -9,7 +9,6 @@ from dit_jax.evaluation import metrics
 
 def pytorch_fid_distance(*args):
   """pytorch-fid 0.3.0's calculate_frechet_distance (scipy's sqrtm, as ADM's evaluator)."""
-  import fid_oracle  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (torchvision shim)
   from pytorch_fid.fid_score import calculate_frechet_distance  # pylint: disable=import-outside-toplevel
   return float(calculate_frechet_distance(*args))
 

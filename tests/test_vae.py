@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import fid_oracle  # noqa: F401  (registers the torchvision shim that diffusers' import needs)
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import linen as nn
 
