@@ -72,6 +72,8 @@ class TrainingEvaluator:
     self._reference = reference_lib.load_reference(self._ev.reference, self._params, mesh=mesh)
     num_classes = ts.build_model(config).num_classes
     self._labels = sample.sample_labels(self._ev.get("seed", 0), self._ev.num_samples, num_classes)
+    self._batch_size = (self._ev.get("batch_size")
+                        or features_lib.default_batch_size(mesh, self._ev.num_samples))
 
   def due(self, step: int) -> bool:
     return step % self._ev.every_steps == 0
@@ -84,11 +86,10 @@ class TrainingEvaluator:
     for _, images in self._sample.iterate_samples(
         self._config, ema_params, self._labels, seed=ev.get("seed", 0), sampler=ev.get("sampler"),
         num_steps=ev.get("num_sampling_steps"), cfg_scale=ev.get("cfg_scale"),
-        guidance=ev.get("guidance"), batch_size=ev.get("batch_size") or None, mesh=self._mesh):
-      if extractor is None:
-        batch_size = features_lib.default_batch_size(self._mesh, len(images))
-        extractor = features_lib.FeatureExtractor(
-            self._params, images.shape[1:], mesh=self._mesh, batch_size=max(batch_size, len(images)))
+        guidance=ev.get("guidance"), batch_size=self._batch_size, mesh=self._mesh):
+      if extractor is None:  # the image shape is known once the first batch is decoded
+        extractor = features_lib.FeatureExtractor(self._params, images.shape[1:], mesh=self._mesh,
+                                                  batch_size=self._batch_size)
       extractor.add_images(images)
     result = scores.score(extractor.result(), self._reference)
     return {f"eval/{LOGGED_NAMES[k]}": float(v) for k, v in result.items()
