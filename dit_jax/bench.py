@@ -5,12 +5,17 @@
   python -m dit_jax.bench --config configs/imagenet.py:variant=XL/2,res=256 \
       --mode sample --batch_per_device 16 --steps 2
   python -m dit_jax.bench --config configs/digits.py --batch_per_device 16 --config.mesh.data=-1
+  python -m dit_jax.bench --config configs/digits.py --mode loop --batch_per_device 128 --steps 200
 
 Train mode times ``train_state.jit_train_step`` (sharded, donated) on one synthetic batch that
 lives on the devices, so input pipelines play no part. Compilation (lower + compile) and the
 warm-up steps are timed separately and excluded; every timed step blocks on its outputs.
 Sample mode times ``dit_jax.diffusion.sample`` with ``DiT.forward_with_cfg`` (the official
 batch convention: conditional half + null-label half), first call (compile) excluded.
+Loop mode runs train mode and then the real training loop (``dit_jax.train.train`` in a
+temporary workdir: the config's data source, prefetch, metrics, non-finite checks, a final
+checkpoint) for ``warmup + steps`` steps, timed over the last ``steps`` from the loop's own log
+window (synchronized with the devices at both ends), and reports both rates and their ratio.
 
 Reported: images/s, step time (mean, std, min, median, max), TFLOP/s per device, MFU against the
 bf16 datasheet peak of the device kind (``dit_jax.flops``; None on CPUs), peak device memory
@@ -20,8 +25,8 @@ on other jobs, so CPU regressions stay visible (on accelerators it is the host's
 paper: forward Gflops per image = ``dit_gflops`` (multiply-accumulates); a training step is
 3 x 2 x that per image, a guided sampling step 2 (halves) x 2 x that per sampled image.
 
-Imports stay light (jax, flax, optax, ml_collections; no tfds/grain/clu/tensorflow) so this runs
-on a bare accelerator machine.
+Imports stay light (jax, flax, optax, ml_collections; no tfds/grain/clu/tensorflow) so train
+and sample modes run on a bare accelerator machine; loop mode imports the training stack.
 """
 import dataclasses
 import datetime
@@ -29,6 +34,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any, Sequence
 
@@ -42,7 +48,7 @@ import optax
 
 from dit_jax import config_checks, diffusion, flops, paths, sharding, train_state
 
-MODES = ("train", "sample")
+MODES = ("train", "sample", "loop")
 # Library versions printed with every result (those present in its "versions").
 VERSION_KEYS = ("jax", "jaxlib", "flax", "torch", "diffusers", "cuda", "python")
 
@@ -175,6 +181,41 @@ def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dic
                  loss=float(metrics["loss"]), process_cpu_s_per_step=cpu_per_step)
 
 
+def run_loop(config, batch_per_device: int, steps: int, warmup: int = 2) -> dict:
+  """Train mode, then the training loop on the same config; returns the loop's result dict with
+  the step's images/s and process CPU s/step next to the loop's (``loop_vs_step`` = ratio)."""
+  if warmup < 1:
+    raise ValueError(f"--warmup={warmup}: loop mode needs at least 1 (its first log window).")
+  step_result = run_train(config, batch_per_device, steps, warmup)
+  from dit_jax import train  # pylint: disable=g-import-not-at-top  (grain, clu: loop mode only)
+  config.num_train_steps = warmup + steps
+  config.log_every_steps = warmup  # the last window is exactly the timed steps
+  config.checkpoint_every_steps = config.num_train_steps
+  config.sample_every_steps = 0
+  config.eval.every_steps = 0
+  config.profile_steps = 0
+  windows = {}
+
+  def on_log(step, scalars):
+    windows[step] = (scalars["perf/steps_per_s"], time.process_time())
+
+  with tempfile.TemporaryDirectory() as workdir:
+    timer = Timer()
+    train.train(config, workdir, on_log=on_log)
+    total_s = timer.elapsed()
+  steps_per_s, cpu_end = windows[config.num_train_steps]
+  cpu_per_step = (cpu_end - windows[warmup][1]) / steps
+  stats = summarize([1 / steps_per_s])  # one window: its mean step time
+  gflops = step_result["model_gflops_per_image"]
+  tp = throughput(config.global_batch_size, stats["mean"], 3 * 2 * gflops * 1e9)
+  mesh = sharding.create_mesh(config.mesh)
+  return _result("loop", config, mesh, batch_per_device, steps, warmup, step_result["compile_s"],
+                 stats, tp, gflops, loop_total_s=total_s, process_cpu_s_per_step=cpu_per_step,
+                 step_images_per_s=step_result["images_per_s"],
+                 step_process_cpu_s_per_step=step_result["process_cpu_s_per_step"],
+                 loop_vs_step=tp.images_per_s / step_result["images_per_s"])
+
+
 def run_sample(config, batch_per_device: int, repeats: int, num_steps: int = 250,
                cfg_scale: float = 4.0, sampler: str = "ddpm") -> dict:
   """Times guided sampling of ``batch_per_device`` images per device, ``repeats`` times.
@@ -244,7 +285,7 @@ def format_result(r: dict) -> str:
   mem = r["peak_memory_bytes"]
   mem = "n/a" if mem is None else f"{mem / 1024**3:.2f} GiB"
   v = r["versions"]
-  unit = "step" if r["mode"] == "train" else "sampling run"
+  unit = "sampling run" if r["mode"] == "sample" else "step"
   return "\n".join([
       f"{r['mode']}: {v['device_count']} x {v['device_kind']} ({v['platform']}), batch "
       f"{r['batch_per_device']}/device = {r['global_batch_size']}, mesh {r.get('mesh', 'n/a')}",
@@ -257,6 +298,9 @@ def format_result(r: dict) -> str:
       f"  compile {r['compile_s']:.2f} s, peak device memory {mem}"
       + (f", process CPU {r['process_cpu_s_per_step']:.3f} s/step"
          if "process_cpu_s_per_step" in r else ""),
+      *([f"  step mode: images/s {r['step_images_per_s']:.2f}, process CPU "
+         f"{r['step_process_cpu_s_per_step']:.3f} s/step; loop/step {r['loop_vs_step']:.3f}"]
+        if r["mode"] == "loop" else []),
       "  " + ", ".join(f"{k} {v[k]}" for k in VERSION_KEYS if k in v),
   ])
 
@@ -269,7 +313,8 @@ def define_flags() -> None:
                        lower_bound=1)
   flags.DEFINE_integer("steps", 10, "Timed train steps (train) or sampling runs (sample).",
                        lower_bound=1)
-  flags.DEFINE_integer("warmup", 2, "Untimed train steps after compiling.", lower_bound=0)
+  flags.DEFINE_integer("warmup", 2, "Untimed train steps after compiling (loop mode: >= 1).",
+                       lower_bound=0)
   flags.DEFINE_enum("mode", "train", MODES, "What to time.")
   flags.DEFINE_integer("num_sampling_steps", 250, "Sampler steps (sample mode).")
   flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale (sample mode).")
@@ -287,6 +332,8 @@ def main(argv: Any) -> None:
       raise app.UsageError(str(e)) from e
   if f.mode == "train":
     result = run_train(f.config, f.batch_per_device, f.steps, f.warmup)
+  elif f.mode == "loop":
+    result = run_loop(f.config, f.batch_per_device, f.steps, f.warmup)
   else:
     result = run_sample(f.config, f.batch_per_device, f.steps, f.num_sampling_steps, f.cfg_scale)
   print(format_result(result))

@@ -11,6 +11,7 @@ tracked during training. FID and the other ADM scores come from ``config.eval``
 """
 import logging
 import time
+from typing import Callable
 
 import einops
 import jax
@@ -50,12 +51,18 @@ def image_grid(images: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
 class TrainMonitor:
   """Collects step metrics and writes them every `config.log_every_steps` steps.
 
+  The metrics stay on the devices until a log step, which fetches the whole window at once (the
+  only time the host waits for the device here); `on_log(step, scalars)`, if given, also gets
+  every window's scalars.
+
   Every process calls the same methods in the same order (sampling is a collective); only
   process 0 writes events, PNGs and console lines.
   """
 
-  def __init__(self, config, workdir: str, model, mesh: jax.sharding.Mesh, start_step: int):
+  def __init__(self, config, workdir: str, model, mesh: jax.sharding.Mesh, start_step: int,
+               on_log: Callable[[int, dict], None] | None = None):
     self.config = config
+    self.on_log = on_log
     self.workdir = epath.Path(workdir)
     self.model = model
     self.mesh = mesh
@@ -111,6 +118,8 @@ class TrainMonitor:
       scalars["perf/mfu"] = mfu
     self.writer.write_scalars(step, scalars)
     self.writer.flush()
+    if self.on_log is not None:
+      self.on_log(step, scalars)
     self._window = []
     self._window_start = (step, time.perf_counter())
 

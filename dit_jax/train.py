@@ -11,20 +11,25 @@ The loop: validate the config (before anything compiles) -> lock the workdir for
 WORKDIR/checkpoints if there is a checkpoint, else initialize (sharded, abstract-first) and
 optionally load `config.init_from` -> the input stream from global batch `step` on (so a run
 resumes on any number of hosts) -> jitted, donated steps on global batches
-assembled from each process's share (SD-VAE-encoded first for a pixel source with data.vae) ->
-metrics, EMA sample grids, sample-quality scores (config.eval: FID, sFID, IS, precision, recall)
-and async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and
+assembled from each process's share and put on the devices ahead of use by background threads
+(SD-VAE-encoded first for a pixel source with data.vae) -> metrics (fetched only at log steps),
+EMA sample grids, sample-quality scores (config.eval: FID, sFID, IS, precision, recall) and
+async checkpoints on their schedules. SIGTERM (preemption) saves at the current step and
 exits 0; a non-finite loss, gradient or update raises FloatingPointError naming the step (the
-bad update is never applied or saved).
+bad update is never applied or saved; the host reads each step's flag 3 steps later, so it
+never waits on the step it just dispatched).
 """
+import collections
 import logging
 import os
+from typing import Callable
 
 # clu's TensorBoard writers import TensorFlow, which only writes event files here; with its oneDNN
 # kernels off it also skips the notice it prints on import. A value the user set is kept.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # noqa: E402  (after the environment is set, as every import below)
+import grain  # noqa: E402  (after the environment is set, as every import below)
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from absl import logging as absl_logging  # noqa: E402
@@ -42,15 +47,16 @@ from dit_jax import workdir_lock  # noqa: E402
 from dit_jax.data import sources  # noqa: E402
 from dit_jax.evaluation import during_training  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:ARG].",
-                                 lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, samples.")
-distributed.define_flags()
-
 BATCH_KEYS = ("x", "y", "skipped")
 ENCODER_RNG_STREAM = 1  # fold_in stream of the seed key for on-the-fly VAE posterior noise
 _QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
+# Batches read ahead on the host, and global batches already on the devices, by a background
+# thread each (grain.experimental.device_put's two stages), so the step never waits for input.
+HOST_PREFETCH = 4
+DEVICE_PREFETCH = 2
+# Steps dispatched but not yet checked finite: the host runs this far ahead of the device before it
+# waits (on the oldest), which bounds both the queued work and how late a bad step is named.
+MAX_STEPS_IN_FLIGHT = 3
 
 
 class _QuietLibraries(logging.Filter):
@@ -66,6 +72,16 @@ def global_batch(local_batch: dict, mesh: jax.sharding.Mesh) -> dict:
   batch_sharding = sharding.batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local_batch[k]))
           for k in BATCH_KEYS if k in local_batch}
+
+
+def device_batches(dataset: grain.IterDataset, mesh: jax.sharding.Mesh) -> grain.IterDataset:
+  """`dataset`'s batches as global arrays (`global_batch`), read and sent to the devices ahead of
+  use by background threads, as `grain.experimental.device_put` does for one-process arrays."""
+  dataset = grain.experimental.ThreadPrefetchIterDataset(dataset,
+                                                         prefetch_buffer_size=HOST_PREFETCH)
+  dataset = dataset.map(lambda batch: global_batch(batch, mesh))
+  return grain.experimental.ThreadPrefetchIterDataset(dataset,
+                                                      prefetch_buffer_size=DEVICE_PREFETCH)
 
 
 def make_latent_encoder(config, mesh: jax.sharding.Mesh):
@@ -102,6 +118,31 @@ def check_finite(step: int, metrics: dict) -> None:
       "lower config.learning_rate, set config.grad_clip_norm, or check the data.")
 
 
+class FiniteGuard:
+  """Checks every step's `finite` flag (`check_finite`) without stalling the device.
+
+  `push` queues a dispatched step's metrics and checks the step dispatched `max_in_flight` steps
+  earlier, which the device has most likely finished, so the host keeps that many steps queued
+  ahead of the device and never waits on the step it just dispatched. The lag is a step count,
+  not a readiness poll, so every process raises after the same step. `drain` checks all
+  pending steps (before a checkpoint is written and at the end): a bad update is named by its
+  step and never saved.
+  """
+
+  def __init__(self, max_in_flight: int = MAX_STEPS_IN_FLIGHT):
+    self.max_in_flight = max_in_flight
+    self._pending = collections.deque()
+
+  def push(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+    if len(self._pending) > self.max_in_flight:
+      check_finite(*self._pending.popleft())
+
+  def drain(self) -> None:
+    while self._pending:
+      check_finite(*self._pending.popleft())
+
+
 def _initial_state(config, mesh, abstract_state, manager, init_rng):
   """Resumes from the workdir's newest intact checkpoint, else initializes (and loads init_from)."""
   state = checkpoint.restore_latest_intact(manager, config, abstract_state)
@@ -115,13 +156,16 @@ def _initial_state(config, mesh, abstract_state, manager, init_rng):
   return state
 
 
-def train(config, workdir: str, devices=None) -> ts.TrainState:
+def train(config, workdir: str, devices=None,
+          on_log: Callable[[int, dict], None] | None = None) -> ts.TrainState:
   """Runs (or resumes) training to `config.num_train_steps`; returns the final state.
 
   Args:
     config: the training ConfigDict (see configs/ and docs/training.md).
     workdir: where checkpoints, events and sample grids go; a run resumes from it.
     devices: devices of the mesh (default: all devices of all processes).
+    on_log: also called with (step, scalars) at every log step (the loop benchmark reads the
+      throughput from it).
 
   Raises:
     config_checks.ConfigError: the config cannot work (raised before compiling).
@@ -136,10 +180,10 @@ def train(config, workdir: str, devices=None) -> ts.TrainState:
   config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())
   checkpoint.validate_init_from(config)
   with workdir_lock.hold(workdir):
-    return _train_locked(config, workdir, devices)
+    return _train_locked(config, workdir, devices, on_log)
 
 
-def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
+def _train_locked(config, workdir: str, devices: list, on_log) -> ts.TrainState:
   """The body of `train`, run while this run holds the workdir's lock."""
   mesh = sharding.create_mesh(config.mesh.to_dict(), devices)
   logging.info("Mesh %s over %d devices, %d processes.", dict(mesh.shape), mesh.size,
@@ -152,6 +196,7 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
                flops.dit_gflops(model))
   manager = checkpoint.manager_for_config(workdir, config)
   watcher = checkpoint.PreemptionWatcher(manager)
+  data_iterator = None
   try:
     state = _initial_state(config, mesh, abstract_state, manager, init_rng)
     step = int(jax.device_get(state.step))
@@ -161,32 +206,32 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
           "config.num_train_steps=%d. Nothing to train; raise --config.num_train_steps to train "
           "further.", workdir, step, config.num_train_steps)
       return state
-    data_iterator = iter(data.create_dataset(
+    data_iterator = iter(device_batches(data.create_dataset(
         config.data, global_batch_size=config.global_batch_size, seed=config.seed,
-        process_index=jax.process_index(), process_count=jax.process_count(), start_step=step))
+        process_index=jax.process_index(), process_count=jax.process_count(), start_step=step),
+        mesh))
     train_step = ts.jit_train_step(config, mesh, state_shardings)
     encode = make_latent_encoder(config, mesh)
-    monitor = metrics_lib.TrainMonitor(config, workdir, model, mesh, step)
+    monitor = metrics_lib.TrainMonitor(config, workdir, model, mesh, step, on_log=on_log)
     evaluator = (during_training.TrainingEvaluator(config, mesh)
                  if during_training.enabled(config) else None)
     if step == 0:
       monitor.write_hparams()
-    start_step, previous = step, None
+    start_step, guard = step, FiniteGuard()
     while step < config.num_train_steps:
-      batch = global_batch(next(data_iterator), mesh)
+      batch = next(data_iterator)
       if encode is not None:
         batch = encode(batch, step)
       state, step_metrics = train_step(state, batch, train_rng)
-      if previous is not None:
-        check_finite(step - 1, previous)  # one step behind, so the host never stalls the device
-      previous = step_metrics
+      guard.push(step, step_metrics)
       step += 1
       if step == start_step + 1:
+        guard.drain()
         monitor.reset_timer(step)  # the first step's time is mostly compilation
       monitor.on_step(step, step_metrics)
       preempted = watcher.should_stop(step)
       if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps or preempted:
-        check_finite(step - 1, step_metrics)
+        guard.drain()
         checkpoint.save(manager, state, config, force=preempted)
       if config.sample_every_steps and step % config.sample_every_steps == 0:
         monitor.write_samples(step, state.ema_params, sample_rng)
@@ -195,14 +240,25 @@ def _train_locked(config, workdir: str, devices: list) -> ts.TrainState:
       if preempted:
         logging.warning("Preempted: saved step %d; exiting.", step)
         break
-    if previous is not None:
-      check_finite(step - 1, previous)
+    guard.drain()
     manager.wait_until_finished()
     monitor.close()
   finally:
+    if data_iterator is not None:
+      data_iterator.close()  # stops the prefetch threads
     watcher.close()
     manager.close()
   return state
+
+
+def define_flags() -> None:
+  """Command-line flags (defined only when run as a program, so the loop benchmark can import
+  this module next to its own --config)."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/digits.py[:ARG].",
+                                   lock_config=True)
+  flags.DEFINE_string("workdir", None, "Run directory: checkpoints, TensorBoard events, samples.")
+  distributed.define_flags()
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
@@ -210,9 +266,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   distributed.initialize_from_flags()
-  train(FLAGS.config, FLAGS.workdir)
+  train(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  define_flags()
   app.run(main)

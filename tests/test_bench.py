@@ -116,3 +116,27 @@ def test_cli_checks_flags_before_running(tmp_path, flags, message):
 def test_api_refuses_an_empty_batch():
   with pytest.raises(ValueError, match="--batch_per_device=0: give at least 1 image per device"):
     bench.run_train(smoke_config(), batch_per_device=0, steps=1)
+
+
+def test_loop_mode_reports_the_loop_next_to_the_step(devices):
+  """The real training loop (digits smoke, in-memory) after train mode on the same config."""
+  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs/digits.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  steps = 3
+  r = bench.run_loop(module.get_config("smoke"), batch_per_device=1, steps=steps, warmup=1)
+  assert r["mode"] == "loop" and r["timed_steps"] == steps
+  assert r["global_batch_size"] == len(devices)
+  assert r["images_per_s"] == pytest.approx(len(devices) / r["step_time_s"]["mean"])
+  assert r["step_images_per_s"] > 0 and r["process_cpu_s_per_step"] > 0
+  assert r["step_process_cpu_s_per_step"] > 0
+  assert r["loop_vs_step"] == pytest.approx(r["images_per_s"] / r["step_images_per_s"])
+  assert r["loop_total_s"] > r["step_time_s"]["mean"] * steps
+  text = bench.format_result(r)
+  assert f"step mode: images/s {r['step_images_per_s']:.2f}" in text
+  assert f"loop/step {r['loop_vs_step']:.3f}" in text
+
+
+def test_loop_mode_needs_a_warmup_window():
+  with pytest.raises(ValueError, match="--warmup=0: loop mode needs at least 1"):
+    bench.run_loop(smoke_config(), batch_per_device=1, steps=1, warmup=0)
