@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.sample_every_steps = 800  # EMA sample grid + digits quality to TensorBoard, PNG (0: off)
   config.sample_grid_steps = 50  # sampling steps used for that grid (respaced)
+  # Persistent compilation cache (dit_jax.compile_cache): "" = off; on a pod, one gs:// path
+  # shared by all hosts, so a restart loads the compiled step instead of compiling it again.
+  config.compilation_cache_dir = ""
   config.profile_steps = 0  # >0: trace this many steps with the JAX profiler after warm-up
 
   if arg == "smoke":

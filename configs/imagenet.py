@@ -112,6 +112,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.sample_every_steps = 50_000
   config.sample_grid_steps = 50
+  # Persistent compilation cache (dit_jax.compile_cache): "" = off; on a pod, one gs:// path
+  # shared by all hosts, so a restart loads the compiled step instead of compiling it again.
+  config.compilation_cache_dir = ""
   config.profile_steps = 5
 
   if args["smoke"]:

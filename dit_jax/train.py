@@ -36,6 +36,7 @@ from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dit_jax import checkpoint  # noqa: E402
+from dit_jax import compile_cache  # noqa: E402
 from dit_jax import config_checks  # noqa: E402
 from dit_jax import data  # noqa: E402
 from dit_jax import distributed  # noqa: E402
@@ -179,6 +180,7 @@ def train(config, workdir: str, devices=None,
   devices = list(devices if devices is not None else jax.devices())
   config_checks.validate(config, num_devices=len(devices), process_count=jax.process_count())
   checkpoint.validate_init_from(config)
+  compile_cache.enable(config.get("compilation_cache_dir", ""))
   with workdir_lock.hold(workdir):
     return _train_locked(config, workdir, devices, on_log)
 
