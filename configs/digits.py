@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True,
-      dtype="float32", param_dtype="float32")
+      dtype="float32", param_dtype="float32", attention_impl="auto")
   config.num_train_steps = 1600
   config.global_batch_size = 256
   config.learning_rate = 2e-3

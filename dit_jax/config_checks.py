@@ -45,6 +45,12 @@ def _check_model(config) -> None:
     raise ConfigError(
         f"config.model.patch_size={patch} does not divide config.model.input_size={size}; "
         f"choose a patch size that divides {size} (e.g. 2), or change the resolution.")
+  from dit_jax.models import layers  # local, as in model_kwargs
+  impl = kw.get("attention_impl", "auto")
+  if impl not in layers.ATTENTION_IMPLS:
+    raise ConfigError(
+        f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
+        f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
   width, heads = kw["hidden_size"], kw["num_heads"]
   if width % heads:
     raise ConfigError(

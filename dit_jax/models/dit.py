@@ -134,7 +134,8 @@ class DiT(nn.Module):
   Extra options: ``block_type`` (one of BLOCK_TYPES), ``dtype`` (compute) / ``param_dtype``,
   ``remat_policy`` ("none" or a REMAT_POLICIES key, applied to each block), ``scan_blocks``
   (``nn.scan`` over the blocks: parameters get a leading depth axis under "blocks"), and
-  ``attention_impl`` ("xla" or "cudnn"). The output is float32 (B, H, W, C_out), C_out = 2C
+  ``attention_impl`` ("auto": cuDNN on NVIDIA GPUs in bf16/fp16, Pallas flash attention on TPU,
+  XLA elsewhere; or "xla", "cudnn", "pallas" explicitly). The output is float32 (B, H, W, C_out), C_out = 2C
   with ``learn_sigma`` ([eps, v]), whatever ``dtype`` is.
   """
   input_size: int = 32
@@ -152,7 +153,7 @@ class DiT(nn.Module):
   param_dtype: Dtype = jnp.float32
   remat_policy: str = "none"
   scan_blocks: bool = False
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
 
   @property
   def out_channels(self) -> int:

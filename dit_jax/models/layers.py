@@ -9,6 +9,11 @@ position table is built in float64 numpy, as the official code does.
 
 Conventions follow the official DiT release (see docs/model.md): fused qkv laid out
 (3, heads, head_dim), tanh GELU, LayerNorm eps 1e-6, timestep features [cos, sin].
+
+Attention kernels (``attention_impl``): "xla" (any backend), "cudnn" (cuDNN fused attention on
+NVIDIA GPUs, bf16/fp16), "pallas" (jax's Pallas flash attention kernel for TPU) and "auto", which
+picks one of them at trace time from the device and the compute dtype
+(``resolve_attention_impl``).
 """
 import math
 from typing import Any, Callable, Sequence
@@ -18,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
 # Logical axis names (keep identical to dit_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES).
 EMBED = "embed"
@@ -40,7 +46,9 @@ TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)
 HEAD_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)
 MLP_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_MLP)
 
-ATTENTION_IMPLS = ("xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
+# Sequence lengths the Pallas TPU kernel takes: multiples of its smallest key block (128 lanes).
+PALLAS_BLOCK = pallas_flash.MIN_BLOCK_SIZE
 LAYER_NORM_EPS = 1e-6
 TIMESTEP_FEATURES = 256
 MAX_PERIOD = 10000.0
@@ -116,23 +124,95 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
-def _attend(q, k, v, impl: str, dtype: Dtype) -> jax.Array:
-  """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays."""
+def resolve_attention_impl(impl: str, dtype: Dtype, platform: str, device_kind: str = "") -> str:
+  """The attention kernel ``impl`` means for ``dtype`` compute on a ``platform`` device.
+
+  Explicit choices ("xla", "cudnn", "pallas") stand. "auto" picks cuDNN fused attention on
+  NVIDIA GPUs (platform "gpu", ``device_kind`` "NVIDIA ...") for bfloat16/float16 compute (cuDNN
+  has no float32 flash attention), the Pallas flash attention kernel on TPU, and XLA elsewhere
+  (CPU, float32 or non-NVIDIA GPUs). Raises ValueError naming ``attention_impl`` for any other
+  value.
+  """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f"attention_impl={impl!r} is not supported; use one of {ATTENTION_IMPLS}.")
+  if impl != "auto":
+    return impl
+  if platform == "tpu":
+    return "pallas"
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  if platform == "gpu" and device_kind.startswith("NVIDIA") and half:
+    return "cudnn"
+  return "xla"
+
+
+def trace_device() -> tuple[str, str]:
+  """(platform, device_kind) of the devices being traced for: those of the mesh entered with
+  ``jax.set_mesh`` (an AOT compile for a TPU topology on a CPU host targets the TPU), else the
+  default device."""
+  # abstract_device is None without a mesh; getattr also covers an AbstractMesh without it.
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None) or jax.devices()[0]
+  return device.platform, device.device_kind
+
+
+def _shard_spec(shape: Sequence[int], mesh) -> jax.sharding.PartitionSpec:
+  """The (B, T, heads, head_dim) activation layout of the logical rules in context, with the
+  token and head_dim axes whole (a flash kernel sees every key) and any mesh axes that do not
+  divide their dimension dropped."""
+  spec = []
+  for i, axes in enumerate(nn.logical_to_mesh_axes(HEAD_TOKENS)):
+    axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a in mesh.shape)
+    whole = i in (1, 3) or shape[i] % math.prod(mesh.shape[a] for a in axes)
+    spec.append(None if whole or not axes else axes)
+  return jax.sharding.PartitionSpec(*spec)
+
+
+def _pallas_attention(q, k, v) -> jax.Array:
+  """jax's Pallas TPU flash attention (non-causal, scale 1/sqrt(head_dim)) on (B, T, heads,
+  head_dim) arrays. Under a mesh it runs per shard through ``shard_map``: XLA cannot partition
+  the kernel's custom call and would otherwise gather the whole batch onto every chip."""
+  scale = q.shape[-1] ** -0.5
+
+  def kernel(q, k, v):
+    q, k, v = (einops.rearrange(a, "b t h d -> b h t d") for a in (q, k, v))
+    out = pallas_flash.flash_attention(q, k, v, sm_scale=scale)
+    return einops.rearrange(out, "b h t d -> b t h d")
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return kernel(q, k, v)
+  spec = _shard_spec(q.shape, mesh)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                       check_vma=False)(q, k, v)
+
+
+def _attend(q, k, v, impl: str, dtype: Dtype) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays with the kernel
+  ``impl`` resolves to here (see ``resolve_attention_impl``). "auto" falls back to XLA where
+  the Pallas kernel does not take the sequence lengths (not multiples of PALLAS_BLOCK, e.g. the
+  2-token context of cross-attention); an explicit "pallas" there is an error."""
+  kernel = resolve_attention_impl(impl, dtype, *trace_device())
+  q_len, kv_len = q.shape[1], k.shape[1]
+  if kernel == "pallas" and (q_len % PALLAS_BLOCK or kv_len % PALLAS_BLOCK):
+    if impl == "pallas":
+      raise ValueError(
+          f"attention_impl='pallas' needs query and key lengths that are multiples of "
+          f"{PALLAS_BLOCK}, got {q_len} and {kv_len}; use attention_impl='auto' or 'xla'.")
+    kernel = "xla"
   q, k, v = (nn.with_logical_constraint(a.astype(dtype), HEAD_TOKENS) for a in (q, k, v))
-  out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+  if kernel == "pallas":
+    out = _pallas_attention(q, k, v)
+  else:
+    out = jax.nn.dot_product_attention(q, k, v, implementation=kernel)
   return nn.with_logical_constraint(out, HEAD_TOKENS)
 
 
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection (official layout (3, heads, hd)).
 
-  ``attention_impl``: "xla" (any backend) or "cudnn" (fused flash attention on NVIDIA GPUs,
-  bf16/fp16 only), both through ``jax.nn.dot_product_attention``.
+  ``attention_impl``: "auto" (default), "xla", "cudnn" or "pallas" (see the module docstring).
   """
   num_heads: int
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -152,7 +232,7 @@ class CrossAttention(nn.Module):
   Used by the paper's cross-attention block design with the length-2 context [t_emb, y_emb].
   """
   num_heads: int
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
