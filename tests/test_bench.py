@@ -34,10 +34,22 @@ def smoke_config():
 
 
 # Runs the CLI's main with the heavy modules blocked (an import of any raises ImportError).
+# The blocked modules behave as on a machine without them: importing raises ModuleNotFoundError
+# and they are absent from sys.modules (a None entry there would read as "loaded" to libraries
+# that probe sys.modules, as einops does for its backends).
 _BLOCKED_RUN = """
+import importlib.abc
 import sys
-for name in {blocked!r}:
-  sys.modules[name] = None
+
+
+class Absent(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {blocked!r}:
+      raise ModuleNotFoundError(f"No module named {{name!r}} (not installed on a bare machine)")
+    return None
+
+
+sys.meta_path.insert(0, Absent())
 from absl import flags
 from dit_jax import bench
 bench.define_flags()
