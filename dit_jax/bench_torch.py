@@ -31,7 +31,6 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from dit_jax import bench, config_checks, flops  # noqa: E402
 

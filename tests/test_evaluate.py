@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from configs import digits
-from dit_jax import config_checks, evaluate, sample, sharding, sweep, train
+from dit_jax import config_checks, downloads, evaluate, sample, sharding, sweep, train
 from dit_jax.evaluation import features, inception, npz_images, reference, scores
 import fid_oracle  # tests/ is on sys.path (pytest rootdir-relative conftest)
 
@@ -136,7 +136,7 @@ def test_fid_is_small_between_halves_of_the_digits_and_large_for_noise(params, d
 
 
 def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_images, monkeypatch):
-  monkeypatch.setenv(inception.CACHE_ENV, str(tmp_path / "cache"))
+  monkeypatch.setenv(downloads.CACHE_ENV, str(tmp_path / "cache"))
   images = digit_images[:NUM]
   np.savez(tmp_path / "adm_like.npz", images)  # images only: everything computed, then cached
   first = reference.load_reference(str(tmp_path / "adm_like.npz"), params, batch_size=16)

@@ -23,6 +23,7 @@ from flax import traverse_util
 
 import fid_oracle  # tests/ is on sys.path (pytest rootdir-relative conftest)
 from local_server import LocalServer
+from dit_jax import downloads
 from dit_jax.evaluation import inception
 
 TOLERANCE = 1e-4  # max |ours - pytorch-fid| / max |pytorch-fid|, per output
@@ -161,7 +162,7 @@ def _assert_same_tree(a, b):
 
 def test_load_params_downloads_once_into_the_cache(weight_files, params, tmp_path, monkeypatch):
   cache = tmp_path / "cache"
-  monkeypatch.setenv(inception.CACHE_ENV, str(cache))
+  monkeypatch.setenv(downloads.CACHE_ENV, str(cache))
   server, name = weight_files["server"], weight_files["good"].name
   before = server.requests
   _assert_same_tree(inception.load_params(f"{server.url}/{name}"), params)

@@ -27,8 +27,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-# cache_dir and CACHE_ENV stay importable from here (public API).
-from dit_jax.downloads import CACHE_ENV, DEFAULT_CACHE_DIR, cache_dir, download  # noqa: F401
+from dit_jax.downloads import download
 
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    "pt_inception-2015-12-05-6726825d.pth")

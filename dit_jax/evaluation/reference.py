@@ -15,8 +15,8 @@ import os
 
 import numpy as np
 
+from dit_jax import downloads
 from dit_jax.evaluation import features as features_lib
-from dit_jax.evaluation import inception
 from dit_jax.evaluation import npz_images
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
@@ -58,7 +58,7 @@ def _cache_path(path: str, params) -> str:
   stat = os.stat(path)
   key = f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{params_fingerprint(params)}"
   name = f"reference-{hashlib.sha1(key.encode()).hexdigest()[:20]}.npz"
-  return os.path.join(inception.cache_dir(), name)
+  return os.path.join(downloads.cache_dir(), name)
 
 
 def read_reference_file(path: str) -> tuple[dict, bool]:
