@@ -23,7 +23,8 @@ _NUM_SEEDS = 2  # one for the shuffle, one for the per-example random maps
 
 
 class FlipTransform(grain.transforms.RandomMap):
-  """Random horizontal flip of `x` (per example, seeded), when enabled."""
+  """Random horizontal flip of `x` (per example, seeded), when enabled: the W axis of an image,
+  or of all frames of a video together (frame order kept)."""
 
   def __init__(self, flip: bool):
     self.flip = flip
@@ -42,7 +43,8 @@ def _augmentation(data_cfg: Any, source_name: str) -> grain.transforms.RandomMap
     return latents.SampleLatents(
         flip=sources.field(data_cfg, "flip", True),
         latent_scale=sources.field(data_cfg, "latent_scale", latents.DEFAULT_LATENT_SCALE))
-  return FlipTransform(sources.field(data_cfg, "flip", source_name != sources.SOURCE_DIGITS))
+  digits = source_name in (sources.SOURCE_DIGITS, sources.SOURCE_MOVING_DIGITS)  # flips change digits
+  return FlipTransform(sources.field(data_cfg, "flip", not digits))
 
 
 def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_index: int,
@@ -51,7 +53,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
 
   Args:
     data_cfg: `config.data` (source, name, data_dir, split, image_size, flip, num_workers,
-      latent_scale, vae; optional read_threads: grain's prefetch threads per process or
+      latent_scale, vae; video sources: num_frames, and for moving_digits motion_seed and
+      videos_per_digit; optional read_threads: grain's prefetch threads per process or
       worker, default 16).
     global_batch_size: batch over all processes; each process yields global / process_count.
     seed: data seed (shuffle order and augmentation).
@@ -62,8 +65,9 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
 
   Returns:
     A grain IterDataset; `iter()` gives a checkpointable DatasetIterator of
-    `dict(x=float32 [B/P, H, W, C], y=int32 [B/P], skipped=int32 [B/P])` where `skipped` counts
-    unreadable inputs replaced by the next readable one (sum it for the batch's count).
+    `dict(x=float32 [B/P, H, W, C], y=int32 [B/P], skipped=int32 [B/P])`, x of shape
+    [B/P, F, H, W, C] for video sources (`sources.is_video`), where `skipped` counts unreadable
+    inputs replaced by the next readable one (sum it for the batch's count).
   """
   if global_batch_size % process_count:
     raise ValueError(f"global_batch_size={global_batch_size} is not divisible by the "
@@ -92,9 +96,10 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   return iter_ds
 
 
-def input_shape(data_cfg: Any) -> tuple[int, int, int]:
-  """The (H, W, C) the model sees: batch["x"]'s shape, or the VAE latent shape when
-  `data.vae` is set for on-the-fly encoding of a pixel source."""
+def input_shape(data_cfg: Any) -> tuple[int, ...]:
+  """The shape of one example the model sees: batch["x"]'s shape without the batch axis,
+  (H, W, C) for images and (F, H, W, C) for video sources; (H, W, C) is the VAE latent shape
+  (per frame for video) when `data.vae` is set for on-the-fly encoding of a pixel source."""
   source_name = sources.field(data_cfg, "source", sources.SOURCE_DIGITS)
   if source_name == sources.SOURCE_DIGITS:
     size = sources.DIGITS_SIZE * sources.digits_upscale(data_cfg)
@@ -102,6 +107,9 @@ def input_shape(data_cfg: Any) -> tuple[int, int, int]:
   if source_name == sources.SOURCE_LATENTS:
     from dit_jax.data import latents
     return latents.latent_shape(data_cfg)
+  if source_name == sources.SOURCE_MOVING_DIGITS:
+    from dit_jax.data import moving_digits
+    return moving_digits.shape_from_config(data_cfg)
   if source_name not in sources.SOURCES:
     raise ValueError(f"unknown config.data.source={source_name!r}; choose one of {sources.SOURCES}.")
   size = sources.field(data_cfg, "image_size", 0)
@@ -110,8 +118,10 @@ def input_shape(data_cfg: Any) -> tuple[int, int, int]:
   vae_dir = sources.field(data_cfg, "vae", "")
   if vae_dir:
     from dit_jax.models import vae
-    return vae.latent_shape(vae_dir, size)
-  if source_name == sources.SOURCE_TFDS:
+    frame = vae.latent_shape(vae_dir, size)
+  elif source_name == sources.SOURCE_TFDS:
     from dit_jax.data import tfds_source
-    return (size, size, tfds_source.num_channels(data_cfg))
-  return (size, size, 3)
+    frame = (size, size, tfds_source.num_channels(data_cfg))
+  else:
+    frame = (size, size, 3)
+  return (sources.num_frames(data_cfg), *frame) if sources.is_video(data_cfg) else tuple(frame)

@@ -2,8 +2,9 @@
 
 Every source returns, for an index, `dict(x=float32 HWC, y=int32, skipped=int32)` before
 augmentation (pixel sources: x in [-1, 1], unflipped), or the raw posterior record for the
-latents source. Sources are plain picklable objects with a stable `repr` (grain prints it in
-its stats and ships the object to worker processes).
+latents source; video sources (`is_video`) return x of shape FHWC (frames first). Sources are
+plain picklable objects with a stable `repr` (grain prints it in its stats and ships the object
+to worker processes).
 
 Data directories may be local or in a bucket (gs://, s3://, ...): sources reach them through
 etils.epath, the file layer TFDS and Orbax use (tf.io.gfile when TensorFlow is installed, else
@@ -19,7 +20,12 @@ SOURCE_DIGITS = "digits"
 SOURCE_TFDS = "tfds"
 SOURCE_IMAGEFOLDER = "imagefolder"
 SOURCE_LATENTS = "latents"
-SOURCES = (SOURCE_DIGITS, SOURCE_TFDS, SOURCE_IMAGEFOLDER, SOURCE_LATENTS)
+SOURCE_MOVING_DIGITS = "moving_digits"
+SOURCE_VIDEOFOLDER = "videofolder"
+SOURCES = (SOURCE_DIGITS, SOURCE_TFDS, SOURCE_IMAGEFOLDER, SOURCE_LATENTS, SOURCE_MOVING_DIGITS,
+           SOURCE_VIDEOFOLDER)
+VIDEO_SOURCES = (SOURCE_MOVING_DIGITS, SOURCE_VIDEOFOLDER)
+DEFAULT_NUM_FRAMES = 8
 
 DIGITS_SIZE = 8
 DIGITS_CLASSES = 10
@@ -30,6 +36,19 @@ def field(cfg: Any, name: str, default: Any = None) -> Any:
   """Reads `name` from a ConfigDict or mapping, with a default for absent or None values."""
   value = cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
   return default if value is None else value
+
+
+def is_video(data_cfg: Any) -> bool:
+  """Whether `data_cfg.source` gives videos (x of shape F, H, W, C) rather than images."""
+  return field(data_cfg, "source", SOURCE_DIGITS) in VIDEO_SOURCES
+
+
+def num_frames(data_cfg: Any) -> int:
+  """`data.num_frames` of a video source (default 8); ValueError unless it is at least 1."""
+  frames = field(data_cfg, "num_frames", DEFAULT_NUM_FRAMES)
+  if frames < 1:
+    raise ValueError(f"config.data.num_frames={frames} must be at least 1 (frames per video).")
+  return frames
 
 
 class DataDirError(FileNotFoundError):
@@ -111,8 +130,9 @@ def digits_upscale(data_cfg: Any) -> int:
 
 def check_data_dir(data_cfg: Any) -> None:
   """Opens what the source needs from `data.data_dir` without reading the data (meta.json and
-  markers of a latent cache, the image folder, the TFDS dataset info), so that a path that
-  cannot be read fails before compiling. Raises DataDirError (or ValueError for other fields)."""
+  markers of a latent cache, the image or video folder, the TFDS dataset info; the fields of
+  moving_digits, which has no directory), so that a path that cannot be read fails before
+  compiling. Raises DataDirError (or ValueError for other fields)."""
   source = field(data_cfg, "source", SOURCE_DIGITS)
   if source == SOURCE_LATENTS:
     from dit_jax.data import latents
@@ -123,6 +143,12 @@ def check_data_dir(data_cfg: Any) -> None:
   elif source == SOURCE_TFDS:
     from dit_jax.data import tfds_source
     tfds_source.open_source(data_cfg)
+  elif source == SOURCE_VIDEOFOLDER:
+    from dit_jax.data import videofolder
+    videofolder.check_root(data_cfg)
+  elif source == SOURCE_MOVING_DIGITS:  # no directory: check the fields before compiling
+    from dit_jax.data import moving_digits
+    moving_digits.shape_from_config(data_cfg)
 
 
 def make_source(data_cfg: Any):
@@ -139,4 +165,10 @@ def make_source(data_cfg: Any):
   if source == SOURCE_LATENTS:
     from dit_jax.data import latents
     return latents.LatentsSource.from_config(data_cfg)
+  if source == SOURCE_MOVING_DIGITS:
+    from dit_jax.data import moving_digits
+    return moving_digits.MovingDigitsSource.from_config(data_cfg)
+  if source == SOURCE_VIDEOFOLDER:
+    from dit_jax.data import videofolder
+    return videofolder.VideoFolderSource.from_config(data_cfg)
   raise ValueError(f"unknown config.data.source={source!r}; choose one of {SOURCES}.")

@@ -2,7 +2,8 @@
 
 The reference (ADM / DiT `center_crop_arr`) halves the image with a BOX filter while its short
 side is at least twice the target, resizes with BICUBIC so the short side equals the target,
-then center-crops; training flips horizontally with probability 1/2 and scales to [-1, 1].
+then center-crops; training flips horizontally with probability 1/2 and scales to [-1, 1]
+(videos: all frames of a clip flipped together).
 """
 import numpy as np
 from PIL import Image
@@ -36,7 +37,8 @@ def uint8_to_unit(arr: np.ndarray) -> np.ndarray:
 
 
 def maybe_flip(x: np.ndarray, rng: np.random.Generator, flip: bool) -> np.ndarray:
-  """Flips an HWC array horizontally with probability 1/2 when `flip` is on."""
+  """Flips horizontally (axis -2, W) with probability 1/2 when `flip` is on: an HWC image, or
+  every frame of an FHWC video alike (one draw per video, frame order kept)."""
   if flip and rng.random() < 0.5:
-    return x[:, ::-1]
+    return x[..., ::-1, :]
   return x
