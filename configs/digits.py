@@ -60,7 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="all",
                      batch_size=0, seed=0)
 
-  config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1, dcn_tensor=1)
+  config.mesh = dict(data=-1, fsdp=1, sequence=1, tensor=1,
+                     dcn_data=1, dcn_fsdp=1, dcn_sequence=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
 
   config.checkpoint_every_steps = 500

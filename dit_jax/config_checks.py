@@ -4,11 +4,15 @@ Every error names the config field at fault and how to fix it, so a pod job fail
 with a readable message instead of minutes later inside XLA.
 """
 import math
+import types
 from typing import Any, Mapping
 
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
+# DiT's defaults for the fields video_problems reads (images: no frames, joint attention).
+_VIDEO_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
+                       block_type="adaln_zero")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
@@ -45,12 +49,16 @@ def _check_model(config) -> None:
     raise ConfigError(
         f"config.model.patch_size={patch} does not divide config.model.input_size={size}; "
         f"choose a patch size that divides {size} (e.g. 2), or change the resolution.")
-  from dit_jax.models import layers  # local, as in model_kwargs
+  from dit_jax.models import dit, layers  # local, as in model_kwargs
   impl = kw.get("attention_impl", "auto")
   if impl not in layers.ATTENTION_IMPLS:
     raise ConfigError(
         f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
         f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
+  video = types.SimpleNamespace(**{**_VIDEO_DEFAULTS, **kw})
+  problems = dit.video_problems(video)
+  if problems:
+    raise ConfigError("config.model." + "; config.model.".join(problems) + ".")
   width, heads = kw["hidden_size"], kw["num_heads"]
   if width % heads:
     raise ConfigError(
@@ -71,8 +79,9 @@ def _check_mesh_and_batch(config, num_devices: int, process_count: int) -> None:
     ici, dcn = sharding.mesh_shape(mesh_cfg, num_devices, num_slices)
   except ValueError as e:
     raise ConfigError(
-        f"config.mesh does not fit {num_devices} devices: {e} (config.mesh.data * fsdp * tensor "
-        f"* dcn_data * dcn_fsdp * dcn_tensor must equal {num_devices}).") from e
+        f"config.mesh does not fit {num_devices} devices: {e} (config.mesh.data * fsdp * "
+        f"sequence * tensor * dcn_data * dcn_fsdp * dcn_sequence * dcn_tensor must equal "
+        f"{num_devices}).") from e
   shape = dict(zip(sharding.MESH_AXES, (i * d for i, d in zip(ici, dcn))))
   shards = math.prod(shape[a] for a in sharding.BATCH_MESH_AXES)
   batch = config.global_batch_size
@@ -153,13 +162,15 @@ def _check_data(config) -> None:
   except ValueError as e:  # a missing field, named by the source
     raise ConfigError(str(e)) from e
   kw = model_kwargs(config.model.to_dict())
-  want = (kw["input_size"], kw["input_size"], kw.get("in_channels", 4))
+  frames = kw.get("num_frames", 0)
+  want = (frames,) * bool(frames) + (kw["input_size"], kw["input_size"], kw.get("in_channels", 4))
   got = tuple(data.input_shape(config.data))
   if got != want:
+    fields = "num_frames, " * bool(frames) + "input_size, input_size, in_channels"
     raise ConfigError(
         f"config.data gives inputs of shape {got} but the model expects {want} "
-        "(config.model.input_size, input_size, in_channels); make config.data.image_size / "
-        "source agree with config.model.")
+        f"(config.model.{fields}); make config.data.image_size / num_frames / source agree "
+        "with config.model (num_frames=0 is an image model).")
 
 
 def validate(config, *, num_devices: int, process_count: int = 1, check_data: bool = True) -> None:

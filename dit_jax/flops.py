@@ -15,6 +15,11 @@ With T tokens (plus 2 for in-context), width D, depth L, mlp_ratio r:
   tokens 4 D^2, attention over them 4 T D;
 - patch embedding T * p^2 * C * D and the final Linear T * D * p^2 * C_out.
 
+Videos count per video, with tubelets of pt x p x p (p^2 becomes pt * p^2 above). With the
+"factorized" attention layout a block attends within groups of K tokens instead of all T:
+2 * T * K * D, K = the tokens of one frame (spatial blocks) or the temporal tokens at one
+patch position (temporal blocks); depth counts both kinds, half each.
+
 Not counted (as in the paper): the timestep MLP, the final layer's adaLN Linear, embedding
 lookups, norms, softmax and activations. Training FLOPs per image = 3 (fwd + bwd) x 2
 (FLOPs per MAC) x dit_gflops.
@@ -52,8 +57,11 @@ PEAK_BF16_FLOPS = (
 )
 
 
-def _block_macs(tokens: int, width: int, mlp_ratio: float, block_type: str) -> float:
-  macs = (4 + 2 * mlp_ratio) * tokens * width ** 2 + 2 * tokens ** 2 * width
+def _block_macs(tokens: int, width: int, mlp_ratio: float, block_type: str,
+                attended: int | None = None) -> float:
+  """MACs of one block over ``tokens`` tokens, each attending to ``attended`` (default all)."""
+  attended = tokens if attended is None else attended
+  macs = (4 + 2 * mlp_ratio) * tokens * width ** 2 + 2 * tokens * attended * width
   macs += ELEMENTWISE_MACS * tokens * width
   if block_type == "adaln_zero":
     macs += 6 * width ** 2
@@ -66,11 +74,18 @@ def _block_macs(tokens: int, width: int, mlp_ratio: float, block_type: str) -> f
 
 
 def dit_gflops(model) -> float:
-  """Forward Gflops (multiply-accumulates, 1e9) per image of a ``DiT``, paper convention."""
+  """Forward Gflops (multiply-accumulates, 1e9) per image (per video) of a ``DiT``, paper
+  convention."""
   tokens = model.num_tokens
-  patch_features = model.patch_size ** 2
+  patch_features = model.temporal_patch_size * model.patch_size ** 2
   seq = tokens + (ATTENTION_CONTEXT if model.block_type == "in_context" else 0)
-  macs = model.depth * _block_macs(seq, model.hidden_size, model.mlp_ratio, model.block_type)
+  block = lambda attended=None: _block_macs(seq, model.hidden_size, model.mlp_ratio,
+                                            model.block_type, attended)
+  if model.attention_layout == "factorized":
+    frames = model.temporal_tokens
+    macs = model.depth // 2 * (block(tokens // frames) + block(frames))
+  else:
+    macs = model.depth * block()
   macs += tokens * patch_features * model.in_channels * model.hidden_size
   macs += tokens * model.hidden_size * patch_features * model.out_channels
   return macs / 1e9

@@ -1,16 +1,18 @@
 """Device meshes, logical axis rules and shardings.
 
 Models name their axes logically (``"embed"``, ``"mlp"``, ``"activation_batch"`` ...); this
-module maps those names onto a physical mesh with three axes:
+module maps those names onto a physical mesh with four axes:
 
 - ``data``: pure data parallelism (parameters replicated),
 - ``fsdp``: data parallelism with parameters, gradients and optimizer state sharded (ZeRO-3),
+- ``sequence``: the tokens of each example split over devices (long videos), parameters
+  replicated; attention gathers keys and values over it (XLA inserts the collectives),
 - ``tensor``: Megatron-style tensor parallelism inside attention heads and the MLP.
 
 The batch is sharded over ``("data", "fsdp")``. Within a slice the sizes come from
-``config.mesh.{data,fsdp,tensor}`` (ICI); across slices of a multislice job from
-``config.mesh.dcn_{data,fsdp,tensor}`` (DCN). One size per group may be -1: it takes the devices
-that remain.
+``config.mesh.{data,fsdp,sequence,tensor}`` (ICI; absent means 1); across slices of a multislice
+job from ``config.mesh.dcn_{data,fsdp,sequence,tensor}`` (DCN). One size per group may be -1: it
+takes the devices that remain.
 """
 import contextlib
 import logging
@@ -23,7 +25,7 @@ from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 BATCH_MESH_AXES = ("data", "fsdp")
 
 # Logical axis name -> mesh axis (or axes, or None = replicated). The first rule whose mesh axis
@@ -38,12 +40,13 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("modulation", "tensor"),
     ("patch", None),
     ("classes", None),
+    ("vocab", None),
     ("freq", None),
     ("conv_in", None),
     ("conv_out", None),
     # Activations.
     ("activation_batch", BATCH_MESH_AXES),
-    ("activation_length", None),
+    ("activation_length", "sequence"),
     ("activation_embed", None),
     ("activation_mlp", "tensor"),
     ("activation_heads", "tensor"),
@@ -77,7 +80,7 @@ def resolve_axis_sizes(sizes: Sequence[int], total: int, what: str = "mesh") -> 
 
 
 def mesh_shape(mesh_config: Mapping, num_devices: int, num_slices: int = 1):
-  """Returns (ici_shape, dcn_shape): per-slice and across-slice sizes of (data, fsdp, tensor)."""
+  """Returns (ici_shape, dcn_shape): per-slice and across-slice sizes of MESH_AXES."""
   dcn = [mesh_config.get(f"dcn_{a}", 1) for a in MESH_AXES]
   dcn = resolve_axis_sizes(dcn, num_slices, "mesh.dcn_*")
   ici = [mesh_config.get(a, 1) for a in MESH_AXES]
@@ -112,10 +115,11 @@ def _single_slice_device_array(ici: Sequence[int], devices: Sequence[jax.Device]
 
 
 def create_mesh(mesh_config: Mapping, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """Builds the (data, fsdp, tensor) mesh described by ``mesh_config``.
+  """Builds the (data, fsdp, sequence, tensor) mesh described by ``mesh_config``.
 
-  ``mesh_config`` holds ``data``, ``fsdp``, ``tensor`` (per slice, -1 fills) and optionally
-  ``dcn_data``, ``dcn_fsdp``, ``dcn_tensor`` (across slices). With more than one slice (TPU
+  ``mesh_config`` holds ``data``, ``fsdp``, ``tensor`` and optionally ``sequence`` (per slice,
+  -1 fills, absent is 1) and ``dcn_data``, ``dcn_fsdp``, ``dcn_sequence``, ``dcn_tensor``
+  (across slices). With more than one slice (TPU
   multislice) the mesh is a hybrid one: DCN axes outermost, so only the collectives of axes with a
   dcn size above 1 cross the slower network. Without slice information (CPU, GPU clusters), each
   process is treated as a slice when a dcn size above 1 is requested.

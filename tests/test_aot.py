@@ -34,7 +34,7 @@ def test_compile_smoke_for_v5e_slice():
   config = smoke_config()
   r = aot.compile_for_topology(config, TOPOLOGY)
   assert (r.num_chips, r.device_kind) == (CHIPS, "TPU v5 lite")
-  assert r.mesh == {"data": CHIPS, "fsdp": 1, "tensor": 1}
+  assert r.mesh == {"data": CHIPS, "fsdp": 1, "sequence": 1, "tensor": 1}
   params = dit.num_params(train_state.build_model(config))
   state_bytes = 4 * params * 4  # params, ema_params, Adam mu and nu; float32; replicated
   batch_bytes = config.global_batch_size // CHIPS * (8 * 8 * 4 + 1) * 4

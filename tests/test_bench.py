@@ -85,7 +85,7 @@ def test_train_cli_json_without_heavy_modules(tmp_path):
   assert r["model_gflops_per_image"] > 0
   assert r["mfu"] is None and r["peak_tflops_per_device"] is None  # CPUs have no datasheet peak
   assert r["compile_s"] > 0 and math.isfinite(r["loss"]) and r["process_cpu_s_per_step"] > 0
-  assert r["mesh"] == {"data": n, "fsdp": 1, "tensor": 1}
+  assert r["mesh"] == {"data": n, "fsdp": 1, "sequence": 1, "tensor": 1}
   v = r["versions"]
   assert (v["jax"], v["device_count"], v["platform"]) == (jax.__version__, n, "cpu")
   assert "python -m dit_jax.bench" in r["command"]

@@ -42,8 +42,11 @@ def test_bad_sizes_name_the_problem(sizes, message):
 def test_mesh_axes_and_batch_shards(devices):
   mesh = sharding.create_mesh(dict(data=2, fsdp=2, tensor=-1))
   assert mesh.axis_names == sharding.MESH_AXES
-  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}
   assert sharding.batch_shard_count(mesh) == 4
+  mesh = sharding.create_mesh(dict(data=2, sequence=4))
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 1, "sequence": 4, "tensor": 1}
+  assert sharding.batch_shard_count(mesh) == 2
   assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
 
 
@@ -53,10 +56,10 @@ def test_plain_order_fallback_warns_on_accelerators_only(devices, monkeypatch, c
   monkeypatch.setattr(sharding.mesh_utils, "create_device_mesh", refuse)
   chips = [types.SimpleNamespace(platform="tpu", device_kind="TPU v5 lite", id=i) for i in range(8)]
   with caplog.at_level(logging.WARNING):
-    layout = sharding._single_slice_device_array((2, 4, 1), chips)  # pylint: disable=protected-access
-  assert layout.shape == (2, 4, 1) and [d.id for d in layout.flat] == list(range(8))
+    layout = sharding._single_slice_device_array((2, 4, 1, 1), chips)  # pylint: disable=protected-access
+  assert layout.shape == (2, 4, 1, 1) and [d.id for d in layout.flat] == list(range(8))
   assert "8 TPU v5 lite devices (platform tpu)" in caplog.text
-  assert "(data=2, fsdp=4, tensor=1): NotImplementedError: unknown topology" in caplog.text
+  assert "(data=2, fsdp=4, sequence=1, tensor=1): NotImplementedError: unknown topology" in caplog.text
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     mesh = sharding.create_mesh(dict(data=2, fsdp=4, tensor=1), devices)
@@ -66,7 +69,7 @@ def test_plain_order_fallback_warns_on_accelerators_only(devices, monkeypatch, c
 def test_hybrid_mesh_groups_by_process(devices):
   # One process here, so a dcn size of 1 must leave the ICI mesh unchanged.
   mesh = sharding.create_mesh(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
-  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+  assert dict(mesh.shape) == {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}
 
 
 class _TwoLayer(nn.Module):

@@ -321,29 +321,40 @@ class LabelEmbedder(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-  """Non-overlapping patches to tokens: conv with kernel = stride = p, VALID, NHWC.
+  """Non-overlapping patches to tokens: conv with kernel = stride = patch, VALID, channels last.
 
-  Kernel in Flax Conv layout (p, p, C, D), xavier-uniform on its flattened (p*p*C, D) view as
-  the official init; tokens come out row-major: token k = row * (W/p) + col.
+  Images (B, H, W, C): kernel in Flax Conv layout (p, p, C, D), xavier-uniform on its flattened
+  (p*p*C, D) view as the official init; token k = row * (W/p) + col. Videos (B, F, H, W, C):
+  tubelets of ``temporal_patch_size`` (pt) frames, kernel (pt, p, p, C, D); with pt = 1 the
+  kernel is the image one applied to every frame, so image weights load into a video model.
+  Video tokens come out frame-major: token k = (t * H/p + row) * (W/p) + col.
   """
   patch_size: int
   hidden_size: int
+  temporal_patch_size: int = 1
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    p, c = self.patch_size, x.shape[-1]
+    p, pt, c = self.patch_size, self.temporal_patch_size, x.shape[-1]
+    window = (pt, p, p) if pt > 1 else (p, p)
+    n = len(window)
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(xavier_uniform((0, 1, 2), 3), (None, None, None, EMBED)),
-        (p, p, c, self.hidden_size), self.param_dtype)
+        "kernel", nn.with_logical_partitioning(xavier_uniform(tuple(range(n + 1)), n + 1),
+                                               (None,) * (n + 1) + (EMBED,)),
+        window + (c, self.hidden_size), self.param_dtype)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (EMBED,)),
                       (self.hidden_size,), self.param_dtype)
+    batch = x.shape[0]
+    if x.ndim == 5 and pt == 1:  # frames as images
+      x = einops.rearrange(x, "b f h w c -> (b f) h w c")
+    spatial = "DHW"[-n:]
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(p, p), padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=window, padding="VALID",
+        dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
     y = y + bias.astype(self.dtype)
-    return einops.rearrange(y, "b gh gw d -> b (gh gw) d")
+    return y.reshape((batch, -1, self.hidden_size))
 
 
 def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -364,3 +375,27 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
   return np.concatenate([encode(cols), encode(rows)], axis=1)
+
+
+def sincos_pos_embed_1d(embed_dim: int, length: int) -> np.ndarray:
+  """Fixed 1-D sin-cos table (length, embed_dim), float64: [sin(pos w_j)] then [cos(pos w_j)],
+  w_j = 10000^(-j / (embed_dim/2)) (MAE's get_1d_sincos_pos_embed_from_grid, which Latte and
+  Open-Sora use for frame positions)."""
+  if embed_dim % 2:
+    raise ValueError(f"hidden_size={embed_dim} must be even for the 1-D sin-cos table.")
+  half = embed_dim // 2
+  omega = 1.0 / MAX_PERIOD ** (np.arange(half, dtype=np.float64) / half)
+  out = np.outer(np.arange(length, dtype=np.float64), omega)
+  return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+def sincos_pos_embed_3d(embed_dim: int, frames: int, grid_size: int) -> np.ndarray:
+  """Fixed spacetime table (frames * grid_size**2, embed_dim), frame-major token order: the 2-D
+  table of each frame's grid plus the 1-D table of the frame index (Latte / Open-Sora's
+  spatial + temporal sum). A single frame gets no temporal term, so the table of F = 1 is the
+  image model's 2-D table exactly."""
+  spatial = sincos_pos_embed_2d(embed_dim, grid_size)
+  if frames == 1:
+    return spatial
+  temporal = sincos_pos_embed_1d(embed_dim, frames)
+  return (temporal[:, None, :] + spatial[None, :, :]).reshape((-1, embed_dim))
