@@ -43,7 +43,8 @@ def _augmentation(data_cfg: Any, source_name: str) -> grain.transforms.RandomMap
     return latents.SampleLatents(
         flip=sources.field(data_cfg, "flip", True),
         latent_scale=sources.field(data_cfg, "latent_scale", latents.DEFAULT_LATENT_SCALE))
-  digits = source_name in (sources.SOURCE_DIGITS, sources.SOURCE_MOVING_DIGITS)  # flips change digits
+  digits = source_name in (sources.SOURCE_DIGITS, sources.SOURCE_MOVING_DIGITS,
+                          sources.SOURCE_DIGIT_PAIRS)  # flips change digits
   return FlipTransform(sources.field(data_cfg, "flip", not digits))
 
 
@@ -54,8 +55,8 @@ def create_dataset(data_cfg: Any, *, global_batch_size: int, seed: int, process_
   Args:
     data_cfg: `config.data` (source, name, data_dir, split, image_size, flip, num_workers,
       latent_scale, vae; video sources: num_frames, and for moving_digits motion_seed and
-      videos_per_digit; optional read_threads: grain's prefetch threads per process or
-      worker, default 16).
+      videos_per_digit; digit_pairs: pair_seed, pairs_per_digit, max_length; optional
+      read_threads: grain's prefetch threads per process or worker, default 16).
     global_batch_size: batch over all processes; each process yields global / process_count.
     seed: data seed (shuffle order and augmentation).
     process_index: this process (jax.process_index()).
@@ -110,6 +111,9 @@ def input_shape(data_cfg: Any) -> tuple[int, ...]:
   if source_name == sources.SOURCE_MOVING_DIGITS:
     from dit_jax.data import moving_digits
     return moving_digits.shape_from_config(data_cfg)
+  if source_name == sources.SOURCE_DIGIT_PAIRS:
+    from dit_jax.data import digit_pairs
+    return digit_pairs.shape_from_config(data_cfg)
   if source_name not in sources.SOURCES:
     raise ValueError(f"unknown config.data.source={source_name!r}; choose one of {sources.SOURCES}.")
   size = sources.field(data_cfg, "image_size", 0)

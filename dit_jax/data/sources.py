@@ -22,8 +22,9 @@ SOURCE_IMAGEFOLDER = "imagefolder"
 SOURCE_LATENTS = "latents"
 SOURCE_MOVING_DIGITS = "moving_digits"
 SOURCE_VIDEOFOLDER = "videofolder"
+SOURCE_DIGIT_PAIRS = "digit_pairs"
 SOURCES = (SOURCE_DIGITS, SOURCE_TFDS, SOURCE_IMAGEFOLDER, SOURCE_LATENTS, SOURCE_MOVING_DIGITS,
-           SOURCE_VIDEOFOLDER)
+           SOURCE_VIDEOFOLDER, SOURCE_DIGIT_PAIRS)
 VIDEO_SOURCES = (SOURCE_MOVING_DIGITS, SOURCE_VIDEOFOLDER)
 DEFAULT_NUM_FRAMES = 8
 
@@ -131,8 +132,8 @@ def digits_upscale(data_cfg: Any) -> int:
 def check_data_dir(data_cfg: Any) -> None:
   """Opens what the source needs from `data.data_dir` without reading the data (meta.json and
   markers of a latent cache, the image or video folder, the TFDS dataset info; the fields of
-  moving_digits, which has no directory), so that a path that cannot be read fails before
-  compiling. Raises DataDirError (or ValueError for other fields)."""
+  moving_digits and digit_pairs, which have no directory), so that a path that cannot be read
+  fails before compiling. Raises DataDirError (or ValueError for other fields)."""
   source = field(data_cfg, "source", SOURCE_DIGITS)
   if source == SOURCE_LATENTS:
     from dit_jax.data import latents
@@ -149,6 +150,9 @@ def check_data_dir(data_cfg: Any) -> None:
   elif source == SOURCE_MOVING_DIGITS:  # no directory: check the fields before compiling
     from dit_jax.data import moving_digits
     moving_digits.shape_from_config(data_cfg)
+  elif source == SOURCE_DIGIT_PAIRS:
+    from dit_jax.data import digit_pairs
+    digit_pairs.shape_from_config(data_cfg)
 
 
 def make_source(data_cfg: Any):
@@ -171,4 +175,7 @@ def make_source(data_cfg: Any):
   if source == SOURCE_VIDEOFOLDER:
     from dit_jax.data import videofolder
     return videofolder.VideoFolderSource.from_config(data_cfg)
+  if source == SOURCE_DIGIT_PAIRS:
+    from dit_jax.data import digit_pairs
+    return digit_pairs.DigitPairsSource.from_config(data_cfg)
   raise ValueError(f"unknown config.data.source={source!r}; choose one of {SOURCES}.")
