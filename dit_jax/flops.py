@@ -4,7 +4,7 @@ The paper counts "flops" as multiply-accumulates (MACs) of one forward pass for 
 (Table 4: DiT-XL/2 at 256 px = 118.64). The terms below reproduce every printed value of
 the paper (12 variants of Table 4 to two decimals, XL/2 at 512 px = 524.6, and the block
 designs at XL/2: in-context 119.4, cross-attention 137.6, adaLN 118.6, adaLN-Zero 118.6).
-With T tokens (plus 2 for in-context), width D, depth L, mlp_ratio r:
+With T tokens (plus 2 for in-context), width D, depth N, mlp_ratio r:
 
 - per block: linear layers T * (4 + 2r) * D^2 (qkv 3, out 1, MLP 2r), attention
   2 * T^2 * D (q k^T and attn v), and ELEMENTWISE_MACS * T * D (an elementwise term of the
@@ -19,6 +19,19 @@ Videos count per video, with tubelets of pt x p x p (p^2 becomes pt * p^2 above)
 "factorized" attention layout a block attends within groups of K tokens instead of all T:
 2 * T * K * D, K = the tokens of one frame (spatial blocks) or the temporal tokens at one
 patch position (temporal blocks); depth counts both kinds, half each.
+
+Text models (context_dim = E > 0) count L = context_length caption tokens (the padded length:
+padded tokens are computed, then masked), with adaLN-Zero's 6 D^2 modulation per block:
+
+- the caption MLP L * (E * D + D^2), once per image;
+- "cross_attention" (PixArt-alpha) blocks add cross-attention to the L text tokens: q and output
+  projections 2 T D^2, k/v projections 2 L D^2, attention 2 T L D;
+- "mmdit" (SD3) blocks add the text stream's own weights: linear layers L (4 + 2r) D^2, its
+  modulation 6 D^2 and the elementwise ELEMENTWISE_MACS * L * D; their attention is one joint
+  attention over T + L tokens, 2 (T + L)^2 D in place of 2 T^2 D. The text stream is
+  discarded after the last block, so that block's text output projection and MLP,
+  (1 + 2r) L D^2, are not counted: XLA removes them from an unrolled model as dead code (under
+  nn.scan every block runs them, wasted work that MFU does not credit).
 
 Not counted (as in the paper): the timestep MLP, the final layer's adaLN Linear, embedding
 lookups, norms, softmax and activations. Training FLOPs per image = 3 (fwd + bwd) x 2
@@ -58,12 +71,21 @@ PEAK_BF16_FLOPS = (
 
 
 def _block_macs(tokens: int, width: int, mlp_ratio: float, block_type: str,
-                attended: int | None = None) -> float:
-  """MACs of one block over ``tokens`` tokens, each attending to ``attended`` (default all)."""
+                attended: int | None = None, text: int | None = None) -> float:
+  """MACs of one block over ``tokens`` tokens, each attending to ``attended`` (default all);
+  ``text``: the caption length of a text model's block (None for class models)."""
   attended = tokens if attended is None else attended
   macs = (4 + 2 * mlp_ratio) * tokens * width ** 2 + 2 * tokens * attended * width
   macs += ELEMENTWISE_MACS * tokens * width
-  if block_type == "adaln_zero":
+  if text is not None:  # both text designs are adaLN-Zero blocks
+    macs += 6 * width ** 2
+    if block_type == "cross_attention":
+      macs += 2 * tokens * width ** 2 + 2 * text * width ** 2 + 2 * tokens * text * width
+    else:  # mmdit (joint layout only): the text stream; attention over T + L, not T, tokens
+      macs += (4 + 2 * mlp_ratio) * text * width ** 2 + 6 * width ** 2
+      macs += ELEMENTWISE_MACS * text * width
+      macs += 2 * ((tokens + text) ** 2 - tokens ** 2) * width
+  elif block_type == "adaln_zero":
     macs += 6 * width ** 2
   elif block_type == "adaln":
     macs += 4 * width ** 2
@@ -79,8 +101,9 @@ def dit_gflops(model) -> float:
   tokens = model.num_tokens
   patch_features = model.temporal_patch_size * model.patch_size ** 2
   seq = tokens + (ATTENTION_CONTEXT if model.block_type == "in_context" else 0)
+  text = model.context_length if model.context_dim else None
   block = lambda attended=None: _block_macs(seq, model.hidden_size, model.mlp_ratio,
-                                            model.block_type, attended)
+                                            model.block_type, attended, text)
   if model.attention_layout == "factorized":
     frames = model.temporal_tokens
     macs = model.depth // 2 * (block(tokens // frames) + block(frames))
@@ -88,6 +111,10 @@ def dit_gflops(model) -> float:
     macs = model.depth * block()
   macs += tokens * patch_features * model.in_channels * model.hidden_size
   macs += tokens * model.hidden_size * patch_features * model.out_channels
+  if model.context_dim:  # the caption MLP
+    macs += text * (model.context_dim + model.hidden_size) * model.hidden_size
+  if model.context_dim and model.block_type == "mmdit":  # the last text stream ends at q, k, v
+    macs -= (1 + 2 * model.mlp_ratio) * text * model.hidden_size ** 2
   return macs / 1e9
 
 

@@ -11,6 +11,14 @@ tubelets of ``temporal_patch_size`` x ``patch_size`` x ``patch_size``, a spaceti
 and either full attention over all tokens (``attention_layout="joint"``) or Latte's interleaved
 spatial and temporal blocks (``"factorized"``). An image model is the video model's F = 1,
 pt = 1 case with the same parameters and outputs.
+
+Text (``context_dim`` > 0) conditions on text-encoder outputs (B, L, context_dim) with a mask
+(B, L) (True = real token, padding at the end of each row), per image or per video, through
+PixArt-alpha's cross-attention block or SD3's MM-DiT joint block (``TEXT_BLOCK_TYPES``). Caption
+dropout for classifier-free guidance reuses the label path: a text model has one class, y = 0
+means "use the caption" and y = 1 (= num_classes, the null class) means "no caption": those
+examples see the learned null text (one token, "null_context"), so guidance and label dropout
+work exactly as for class models.
 """
 import dataclasses
 import functools
@@ -22,9 +30,14 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from dit_jax.models import layers
-from dit_jax.models.layers import EMBED, MODULATION, PATCH, TOKENS, Dense, layer_norm, modulate
+from dit_jax.models.layers import (EMBED, MODULATION, PATCH, TEXT_TOKENS, TOKENS, Dense,
+                                   layer_norm, modulate)
 
+# The paper's class-conditional designs; "cross_attention" attends to [t_emb, y_emb] there.
 BLOCK_TYPES = ("adaln_zero", "adaln", "cross_attention", "in_context")
+# Text-conditioned designs (context_dim > 0): PixArt-alpha's adaLN-Zero block with
+# cross-attention to the caption tokens, and SD3's MM-DiT joint block.
+TEXT_BLOCK_TYPES = ("cross_attention", "mmdit")
 # "joint": every block attends over all tokens; "factorized": blocks alternate attention within
 # each frame ("spatial") and across frames at each patch position ("temporal"), Latte's variant 1.
 ATTENTION_LAYOUTS = ("joint", "factorized")
@@ -65,6 +78,10 @@ class DiTBlock(nn.Module):
 
   ``cond`` is the conditioning vector c = t_emb + y_emb (B, D) for the adaLN designs, the
   context [t_emb, y_emb] (B, 2, D) for cross-attention, and unused for in-context. With
+  ``context`` (caption tokens (B, L, D), a text model's "cross_attention") the block is
+  PixArt-alpha's: adaLN-Zero modulation from c (B, D), self-attention, cross-attention to the
+  first ``context_lengths`` (B,) caption tokens (affine LayerNorm, zero-initialised output
+  projection), MLP; the identity at init. With
   ``scanned`` the block returns (x, None), the carry/output pair ``nn.scan`` expects.
   ``attention_axis`` is "joint" (all tokens), "spatial" (tokens of the same frame) or
   "temporal" (tokens of the same patch position in the ``frames`` frames); only self-attention
@@ -88,15 +105,17 @@ class DiTBlock(nn.Module):
     return einops.rearrange(attn(grouped), f"{groups} -> b (t s) d", b=x.shape[0])
 
   @nn.compact
-  def __call__(self, x: jax.Array, cond: jax.Array | None):
+  def __call__(self, x: jax.Array, cond: jax.Array | None, context: jax.Array | None = None,
+               context_lengths: jax.Array | None = None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     d = x.shape[-1]
     x = nn.with_logical_constraint(x, TOKENS)
     attn = functools.partial(
         self._self_attention, layers.Attention(self.num_heads, self.attention_impl, name="attn", **kw))
     mlp = layers.Mlp(self.mlp_ratio, name="mlp", **kw)
-    if self.block_type in ADAPTIVE_BLOCKS:
-      zero = self.block_type == "adaln_zero"
+    text = context is not None
+    if self.block_type in ADAPTIVE_BLOCKS or text:
+      zero = self.block_type != "adaln"
       chunks = 6 if zero else 4
       mod = Dense((chunks * d,), (EMBED,), (MODULATION,), name="adaLN_modulation",
                   kernel_init=nn.initializers.zeros_init() if zero else None, **kw)(nn.silu(cond))
@@ -109,6 +128,10 @@ class DiTBlock(nn.Module):
         gate_msa = gate_mlp = 1.0
       norm = layer_norm(**kw)
       x = x + gate_msa * attn(modulate(norm(x), shift_msa, scale_msa))
+      if text:
+        cross = layers.CrossAttention(self.num_heads, self.attention_impl, name="cross_attn",
+                                      proj_init=nn.initializers.zeros_init(), **kw)
+        x = x + cross(layer_norm(True, name="norm_cross", **kw)(x), context, context_lengths)
       x = x + gate_mlp * mlp(modulate(norm(x), shift_mlp, scale_mlp))
     else:
       x = x + attn(layer_norm(True, name="norm1", **kw)(x))
@@ -125,13 +148,77 @@ class FactorizedBlockPair(DiTBlock):
   ``nn.scan`` and rematerialization see when ``attention_layout="factorized"``."""
 
   @nn.compact
-  def __call__(self, x: jax.Array, cond: jax.Array | None):
+  def __call__(self, x: jax.Array, cond: jax.Array | None, context: jax.Array | None = None,
+               context_lengths: jax.Array | None = None):
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
               attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
               frames=self.frames)
-    x = DiTBlock(name="spatial", attention_axis="spatial", **kw)(x, cond)
-    x = DiTBlock(name="temporal", attention_axis="temporal", **kw)(x, cond)
+    x = DiTBlock(name="spatial", attention_axis="spatial", **kw)(x, cond, context, context_lengths)
+    x = DiTBlock(name="temporal", attention_axis="temporal", **kw)(x, cond, context, context_lengths)
     return (x, None) if self.scanned else x
+
+
+class JointStream(nn.Module):
+  """The weights of one token stream (image or text) of an MM-DiT block: adaLN-Zero modulation
+  from c (6 chunks), non-affine LayerNorm, fused qkv, per-head QK RMSNorm, output projection
+  and MLP. ``attention_inputs`` gives the stream's (q, k, v) and modulation; ``__call__`` adds
+  its slice of the joint attention's output and its MLP, both gated."""
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float
+  dtype: Dtype
+  param_dtype: Dtype
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    d, heads = self.hidden_size, self.num_heads
+    self.adaLN_modulation = Dense((6 * d,), (EMBED,), (MODULATION,),
+                                  kernel_init=nn.initializers.zeros_init(), **kw)
+    self.qkv = Dense((3, heads, d // heads), (EMBED,), (layers.QKV, layers.HEADS, layers.KV), **kw)
+    self.q_norm = layers.rms_norm(**kw)
+    self.k_norm = layers.rms_norm(**kw)
+    self.proj = Dense((d,), (layers.HEADS, layers.KV), (EMBED,), **kw)
+    self.mlp = layers.Mlp(self.mlp_ratio, **kw)
+    self.norm = layer_norm(**kw)
+
+  def attention_inputs(self, x: jax.Array, cond: jax.Array):
+    # Batch-sharded, features whole: without this constraint XLA 0.10's SPMD partitioner
+    # mis-routes batch shards of the text stream on a data x fsdp x tensor mesh (CPU, measured).
+    mod = nn.with_logical_constraint(self.adaLN_modulation(nn.silu(cond)), (layers.ACT_BATCH, None))
+    mod = jnp.split(mod, 6, axis=-1)
+    qkv = self.qkv(modulate(self.norm(x), mod[0], mod[1]))
+    return (self.q_norm(qkv[:, :, 0]), self.k_norm(qkv[:, :, 1]), qkv[:, :, 2]), mod
+
+  def __call__(self, x: jax.Array, attended: jax.Array, mod) -> jax.Array:
+    _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod
+    x = x + gate_msa[:, None] * self.proj(attended)
+    return x + gate_mlp[:, None] * self.mlp(modulate(self.norm(x), shift_mlp, scale_mlp))
+
+
+class MMDiTBlock(DiTBlock):
+  """SD3's MM-DiT joint block: image tokens x (B, T, D) and caption tokens (B, L, D), each with
+  its own ``JointStream`` weights ("x_block", "context_block"), one attention over the
+  concatenation [image; text] in which only the first ``context_lengths`` (B,) text tokens are
+  keys (the padding at the end is masked). Both streams are updated; the carry is (x, context)
+  so ``nn.scan`` threads the text stream through the blocks. The identity at init."""
+
+  @nn.compact
+  def __call__(self, carry: tuple[jax.Array, jax.Array], cond: jax.Array,
+               context_lengths: jax.Array):
+    x, context = carry
+    x = nn.with_logical_constraint(x, TOKENS)
+    context = nn.with_logical_constraint(context, TEXT_TOKENS)
+    kw = dict(hidden_size=x.shape[-1], num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+              dtype=self.dtype, param_dtype=self.param_dtype)
+    image, text = JointStream(name="x_block", **kw), JointStream(name="context_block", **kw)
+    image_qkv, image_mod = image.attention_inputs(x, cond)
+    text_qkv, text_mod = text.attention_inputs(context, cond)
+    q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(image_qkv, text_qkv))
+    tokens = x.shape[1]
+    out = layers.attend(q, k, v, self.attention_impl, self.dtype, tokens + context_lengths)
+    x = nn.with_logical_constraint(image(x, out[:, :tokens], image_mod), TOKENS)
+    context = nn.with_logical_constraint(text(context, out[:, tokens:], text_mod), TEXT_TOKENS)
+    return ((x, context), None) if self.scanned else (x, context)
 
 
 class FinalLayer(nn.Module):
@@ -185,6 +272,13 @@ class DiT(nn.Module):
   Video: ``num_frames`` > 0 makes the input (B, F, H, W, C) with F = num_frames (0: images),
   patched into tubelets of ``temporal_patch_size`` frames; ``attention_layout`` is "joint" or
   "factorized" (then ``depth`` counts spatial and temporal blocks together and must be even).
+
+  Text: ``context_dim`` > 0 (the text encoder's width) makes a text model: ``num_classes`` = 1,
+  ``block_type`` "cross_attention" (PixArt-alpha) or "mmdit" (SD3, joint layout only), called
+  with ``context`` (B, L, context_dim) and ``context_mask`` (B, L). Caption tokens go through
+  the caption MLP ("context_embedder"); the final layer is adaLN-Zero's for both designs.
+  ``context_length`` is the padded caption length, used only by ``dit_gflops`` and
+  ``model_kwargs_for_init`` (0 -> 1 token for init; any L works at call time).
   """
   input_size: int = 32
   patch_size: int = 2
@@ -205,6 +299,8 @@ class DiT(nn.Module):
   num_frames: int = 0
   temporal_patch_size: int = 1
   attention_layout: str = "joint"
+  context_dim: int = 0
+  context_length: int = 0
 
   @property
   def out_channels(self) -> int:
@@ -227,8 +323,6 @@ class DiT(nn.Module):
 
   def _check(self, x: jax.Array):
     problems = []
-    if self.block_type not in BLOCK_TYPES:
-      problems.append(f"block_type={self.block_type!r} must be one of {BLOCK_TYPES}")
     if self.input_size % self.patch_size:
       problems.append(f"input_size={self.input_size} must be a multiple of patch_size={self.patch_size}")
     if self.hidden_size % self.num_heads or self.hidden_size % 4:
@@ -237,16 +331,25 @@ class DiT(nn.Module):
       problems.append(f"remat_policy={self.remat_policy!r} must be 'none' or one of {tuple(REMAT_POLICIES)}")
     if self.attention_impl not in layers.ATTENTION_IMPLS:
       problems.append(f"attention_impl={self.attention_impl!r} must be one of {layers.ATTENTION_IMPLS}")
-    problems += video_problems(self)
+    if self.block_type not in BLOCK_TYPES + TEXT_BLOCK_TYPES:
+      problems.append(f"block_type={self.block_type!r} must be one of {BLOCK_TYPES} (class "
+                      f"models) or {TEXT_BLOCK_TYPES} (text models, context_dim > 0)")
+    problems += video_problems(self) + text_problems(self)
     expected = self.input_shape
     if tuple(x.shape[1:]) != expected:
       problems.append(f"input of shape {tuple(x.shape)} does not match (B, {expected}) of the config")
     if problems:
       raise ValueError("DiT config: " + "; ".join(problems) + ".")
 
-  def _blocks(self, h: jax.Array, cond: jax.Array | None) -> jax.Array:
+  def _blocks(self, h: jax.Array, cond: jax.Array | None, context: jax.Array | None,
+              context_lengths: jax.Array | None) -> jax.Array:
     factorized = self.attention_layout == "factorized"
     block, count = (FactorizedBlockPair, self.depth // 2) if factorized else (DiTBlock, self.depth)
+    mmdit = self.block_type == "mmdit"
+    if mmdit:  # the text stream is carried from block to block
+      block, carry, args = MMDiTBlock, (h, context), (cond, context_lengths)
+    else:
+      carry, args = h, (cond, context, context_lengths)
     if self.remat_policy != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_blocks)
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
@@ -254,22 +357,64 @@ class DiT(nn.Module):
               frames=self.temporal_tokens)
     if self.scan_blocks:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast,), length=count,
+                      in_axes=(nn.broadcast,) * len(args), length=count,
                       metadata_params={nn.PARTITION_NAME: LAYERS})
-      h, _ = stack(name="blocks", scanned=True, **kw)(h, cond)
-      return h
-    for i in range(count):
-      h = block(name=f"blocks_{i}", **kw)(h, cond)
-    return h
+      carry, _ = stack(name="blocks", scanned=True, **kw)(carry, *args)
+    else:
+      for i in range(count):
+        carry = block(name=f"blocks_{i}", **kw)(carry, *args)
+    return carry[0] if mmdit else carry  # mmdit: the text stream ends here
+
+  def _caption(self, context: jax.Array | None, context_mask: jax.Array | None,
+               null: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Caption tokens (B, L, D) and the number of real tokens (B,) int32.
+
+    Rows with ``null`` (dropped or null-class labels) and rows without any real token get the
+    null text: the learned "null_context" vector as their one real token. Padded positions are
+    zeroed before the caption MLP, so their values cannot reach the output.
+    """
+    if context is None:
+      raise ValueError(f"DiT with context_dim={self.context_dim} is a text model: call it with "
+                       "context=(B, L, context_dim) text-encoder outputs and context_mask=(B, L).")
+    context = jnp.asarray(context)
+    if context.ndim != 3 or context.shape[-1] != self.context_dim:
+      raise ValueError(f"context of shape {context.shape} does not match (B, L, "
+                       f"context_dim={self.context_dim}); encode captions with a text encoder of "
+                       f"width {self.context_dim} or set context_dim to the encoder's width.")
+    mask = (jnp.ones(context.shape[:2], bool) if context_mask is None
+            else jnp.asarray(context_mask).astype(bool))
+    if mask.shape != context.shape[:2]:
+      raise ValueError(f"context_mask of shape {mask.shape} does not match context "
+                       f"{context.shape}: give one flag per caption token, (B, L).")
+    null_context = self.param(
+        "null_context", nn.with_logical_partitioning(nn.initializers.normal(0.02), (EMBED,)),
+        (self.context_dim,), self.param_dtype)
+    null = null | ~mask.any(axis=1)
+    first = jnp.arange(context.shape[1]) == 0
+    context = jnp.where(mask[..., None], context.astype(self.dtype), 0)
+    null_row = jnp.where(first[:, None], null_context.astype(self.dtype), 0)
+    context = jnp.where(null[:, None, None], null_row[None], context)
+    mask = jnp.where(null[:, None], first[None], mask)
+    tokens = layers.CaptionEmbedder(self.hidden_size, name="context_embedder", dtype=self.dtype,
+                                    param_dtype=self.param_dtype)(context)
+    return nn.with_logical_constraint(tokens, TEXT_TOKENS), mask.sum(axis=1, dtype=jnp.int32)
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False,
+               context: jax.Array | None = None, context_mask: jax.Array | None = None) -> jax.Array:
     """Model output (B, H, W, C_out) for images x (B, H, W, C), timesteps t (B,), labels y (B,);
     (B, F, H, W, C_out) for videos x (B, F, H, W, C).
 
-    ``train=True`` enables label dropout (needs the "dropout" RNG stream).
+    ``train=True`` enables label dropout (needs the "dropout" RNG stream). Text models
+    (``context_dim`` > 0) also take ``context`` (B, L, context_dim) and ``context_mask``
+    (B, L) bool, True for real tokens, padding at the end of each row (None: no padding);
+    y = 0 uses the caption, y = 1 (or a dropped label) the null text.
     """
     self._check(x)
+    if self.context_dim == 0 and (context is not None or context_mask is not None):
+      raise ValueError("context was given to a class-conditional DiT (context_dim=0); set "
+                       "context_dim to the text encoder's width and block_type to one of "
+                       f"{TEXT_BLOCK_TYPES} for a text model.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     grid = self.input_size // self.patch_size
     h = layers.PatchEmbed(self.patch_size, self.hidden_size, self.temporal_patch_size,
@@ -278,35 +423,45 @@ class DiT(nn.Module):
     pos = layers.sincos_pos_embed_3d(self.hidden_size, self.temporal_tokens, grid)
     h = h + jnp.asarray(pos, self.dtype)[None]
     t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)
-    y_emb = layers.LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
-                                 name="y_embedder", **kw)(y, train)
+    labels = layers.LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
+                                  name="y_embedder", **kw)
+    text = self.context_dim > 0
+    if text:  # drop first, so the captions of dropped labels are nulled too
+      y = labels.drop(y, train)
+      tokens, lengths = self._caption(context, context_mask, y == self.num_classes)
+    y_emb = labels(y, train and not text)
     c = t_emb + y_emb
     cond = None
-    if self.block_type in ADAPTIVE_BLOCKS:
+    if self.block_type in ADAPTIVE_BLOCKS or text:
       cond = c
     elif self.block_type == "cross_attention":
       cond = jnp.stack([t_emb, y_emb], axis=1)
     else:  # in_context: two extra tokens, removed after the last block
       h = jnp.concatenate([h, t_emb[:, None], y_emb[:, None]], axis=1)
-    h = self._blocks(nn.with_logical_constraint(h, TOKENS), cond)
+    h = nn.with_logical_constraint(h, TOKENS)
+    h = self._blocks(h, cond, *((tokens, lengths) if text else (None, None)))
     h = h[:, :self.num_tokens]
-    h = FinalLayer(self.patch_size, self.out_channels, self.block_type, name="final_layer",
+    final = "adaln_zero" if text else self.block_type
+    h = FinalLayer(self.patch_size, self.out_channels, final, name="final_layer",
                    temporal_patch_size=self.temporal_patch_size, **kw)(h, c)
     out = unpatchify(h, self.patch_size, self.out_channels, self.num_frames, self.temporal_patch_size)
     return out.astype(jnp.float32)
 
   def forward_with_cfg(self, x: jax.Array, t: jax.Array, y: jax.Array, cfg_scale,
-                       guidance_channels: int | None = 3) -> jax.Array:
+                       guidance_channels: int | None = 3, context: jax.Array | None = None,
+                       context_mask: jax.Array | None = None) -> jax.Array:
     """Classifier-free guidance with the official batch convention.
 
     The batch is [conditional half; unconditional half] (y of the second half = num_classes).
     Only the first half of x is used (duplicated). The guided prediction
     uncond + cfg_scale * (cond - uncond) replaces output channels [0, guidance_channels) in both
     halves (3 by default, as the released code hard-codes; None guides every channel); the
-    other channels (e.g. the learned variance) pass through unguided.
+    other channels (e.g. the learned variance) pass through unguided. Text models take the
+    full-batch ``context`` / ``context_mask``; the null labels of the second half null its text.
     """
     half = x[: x.shape[0] // 2]
-    out = self(jnp.concatenate([half, half], axis=0), t, y)
+    text = {} if context is None else dict(context=context, context_mask=context_mask)
+    out = self(jnp.concatenate([half, half], axis=0), t, y, **text)
     g = out.shape[-1] if guidance_channels is None else guidance_channels
     eps, rest = out[..., :g], out[..., g:]
     cond_eps, uncond_eps = jnp.split(eps, 2, axis=0)
@@ -339,10 +494,53 @@ def video_problems(model) -> list[str]:
   return problems
 
 
+def text_problems(model) -> list[str]:
+  """What is wrong with a model's text fields (context_dim, context_length) in combination with
+  block_type, num_classes, attention_layout and attention_impl, each naming the field and its
+  fix; [] when nothing is. Works on a DiT or any object with those attributes."""
+  problems = []
+  dim, block = model.context_dim, model.block_type
+  if dim < 0 or model.context_length < 0:
+    problems.append(f"context_dim={dim} and context_length={model.context_length} must be >= 0 "
+                    "(context_dim 0: class-conditional)")
+  if dim == 0:
+    if block == "mmdit":
+      problems.append("block_type='mmdit' is a text design: set context_dim to the text "
+                      "encoder's width, or use a class-conditional block_type")
+    return problems
+  if block not in TEXT_BLOCK_TYPES:
+    problems.append(f"block_type={block!r} does not read text (context_dim={dim}); use one of "
+                    f"{TEXT_BLOCK_TYPES}")
+  if model.num_classes != 1:
+    problems.append(f"num_classes={model.num_classes} must be 1 for a text model (y = 0: the "
+                    "caption, y = 1: the null text)")
+  if block == "mmdit" and model.attention_layout != "joint":
+    problems.append(f"attention_layout={model.attention_layout!r} cannot group the joint "
+                    "image-text attention of block_type='mmdit'; use 'joint' or "
+                    "block_type='cross_attention'")
+  if model.attention_impl == "pallas":
+    problems.append("attention_impl='pallas' cannot mask padded text tokens; use 'auto' (XLA "
+                    "for masked attention on TPU) or 'xla'")
+  return problems
+
+
 def init_inputs(model: DiT, batch_size: int = 1):
-  """Dummy (x, t, y) with the shapes ``model.init`` needs."""
+  """Dummy positional (x, t, y) with the shapes ``model.init`` needs. Text models also need the
+  keyword arguments of ``model_kwargs_for_init``: ``model.init(rng, *init_inputs(m),
+  **model_kwargs_for_init(m))`` works for every model (positional inputs stay the three of the
+  class models, so their call sites and jitted signatures do not change)."""
   x = jnp.zeros((batch_size,) + model.input_shape, jnp.float32)
   return x, jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), jnp.int32)
+
+
+def model_kwargs_for_init(model: DiT, batch_size: int = 1) -> dict:
+  """{} for class models; for text models dummy ``context`` (B, max(context_length, 1),
+  context_dim) float32 and an all-True ``context_mask``."""
+  if not model.context_dim:
+    return {}
+  length = max(model.context_length, 1)
+  return dict(context=jnp.zeros((batch_size, length, model.context_dim), jnp.float32),
+              context_mask=jnp.ones((batch_size, length), bool))
 
 
 def build_model(model_cfg: Mapping) -> DiT:
@@ -368,5 +566,6 @@ def build_model(model_cfg: Mapping) -> DiT:
 
 def num_params(model: DiT) -> int:
   """Number of trainable parameters (no allocation; excludes the fixed position table)."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *init_inputs(model)))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), *init_inputs(model), **model_kwargs_for_init(model)))
   return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes["params"])))

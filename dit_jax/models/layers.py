@@ -13,7 +13,13 @@ Conventions follow the official DiT release (see docs/model.md): fused qkv laid 
 Attention kernels (``attention_impl``): "xla" (any backend), "cudnn" (cuDNN fused attention on
 NVIDIA GPUs, bf16/fp16), "pallas" (jax's Pallas flash attention kernel for TPU) and "auto", which
 picks one of them at trace time from the device and the compute dtype
-(``resolve_attention_impl``).
+(``resolve_attention_impl``). Attention can mask padded keys at the end of each row
+(``attend(..., kv_lengths=...)``, through ``jax.nn.dot_product_attention``'s
+``key_value_seq_lengths``, which the XLA and cuDNN paths take); the Pallas kernel takes no mask,
+so "auto" falls back to XLA for masked attention and an explicit "pallas" is an error.
+
+Text conditioning (``DiT(context_dim > 0)``) adds the caption projection ``CaptionEmbedder`` and
+the per-head query/key ``rms_norm`` of the MM-DiT block.
 """
 import math
 from typing import Any, Callable, Sequence
@@ -45,11 +51,14 @@ ACT_KV = "activation_kv"
 TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)
 HEAD_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_KV)
 MLP_TOKENS = (ACT_BATCH, ACT_LENGTH, ACT_MLP)
+# Text tokens: their (short, padded) length axis stays whole; the image tokens take "sequence".
+TEXT_TOKENS = (ACT_BATCH, None, ACT_EMBED)
 
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas")
 # Sequence lengths the Pallas TPU kernel takes: multiples of its smallest key block (128 lanes).
 PALLAS_BLOCK = pallas_flash.MIN_BLOCK_SIZE
 LAYER_NORM_EPS = 1e-6
+RMS_NORM_EPS = 1e-6  # SD3's query/key RMSNorm
 TIMESTEP_FEATURES = 256
 MAX_PERIOD = 10000.0
 
@@ -119,6 +128,16 @@ def layer_norm(affine: bool = False, *, dtype: Dtype = jnp.float32,
       dtype=dtype, param_dtype=param_dtype, name=name)
 
 
+def rms_norm(*, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+             name: str | None = None) -> nn.RMSNorm:
+  """RMSNorm over the last axis (eps 1e-6, float32 statistics, learned scale initialised to 1),
+  applied per head to queries and keys (B, T, heads, head_dim) by the MM-DiT block (SD3's
+  QK-norm): the scale has one value per head_dim feature, shared by the heads."""
+  return nn.RMSNorm(epsilon=RMS_NORM_EPS, dtype=dtype, param_dtype=param_dtype,
+                    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (KV,)),
+                    name=name)
+
+
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   """adaLN modulation of normalized tokens x (B, T, D) by per-example shift/scale (B, D)."""
   return x * (1 + scale[:, None, :]) + shift[:, None, :]
@@ -185,11 +204,15 @@ def _pallas_attention(q, k, v) -> jax.Array:
                        check_vma=False)(q, k, v)
 
 
-def _attend(q, k, v, impl: str, dtype: Dtype) -> jax.Array:
+def attend(q, k, v, impl: str, dtype: Dtype, kv_lengths: jax.Array | None = None) -> jax.Array:
   """softmax(q k^T / sqrt(head_dim)) v on (B, T, heads, head_dim) arrays with the kernel
-  ``impl`` resolves to here (see ``resolve_attention_impl``). "auto" falls back to XLA where
-  the Pallas kernel does not take the sequence lengths (not multiples of PALLAS_BLOCK, e.g. the
-  2-token context of cross-attention); an explicit "pallas" there is an error."""
+  ``impl`` resolves to here (see ``resolve_attention_impl``).
+
+  ``kv_lengths`` (B,) masks keys: row b attends to its first kv_lengths[b] keys only (padding
+  at the end of the key sequence). "auto" falls back to XLA where the Pallas kernel cannot run:
+  sequence lengths that are not multiples of PALLAS_BLOCK (e.g. the 2-token context of
+  cross-attention) or a key mask; an explicit "pallas" there is an error.
+  """
   kernel = resolve_attention_impl(impl, dtype, *trace_device())
   q_len, kv_len = q.shape[1], k.shape[1]
   if kernel == "pallas" and (q_len % PALLAS_BLOCK or kv_len % PALLAS_BLOCK):
@@ -198,11 +221,18 @@ def _attend(q, k, v, impl: str, dtype: Dtype) -> jax.Array:
           f"attention_impl='pallas' needs query and key lengths that are multiples of "
           f"{PALLAS_BLOCK}, got {q_len} and {kv_len}; use attention_impl='auto' or 'xla'.")
     kernel = "xla"
+  if kernel == "pallas" and kv_lengths is not None:
+    if impl == "pallas":
+      raise ValueError("attention_impl='pallas' cannot mask padded keys (text tokens); use "
+                       "attention_impl='auto' or 'xla'.")
+    kernel = "xla"
   q, k, v = (nn.with_logical_constraint(a.astype(dtype), HEAD_TOKENS) for a in (q, k, v))
   if kernel == "pallas":
     out = _pallas_attention(q, k, v)
   else:
-    out = jax.nn.dot_product_attention(q, k, v, implementation=kernel)
+    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    out = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths,
+                                       implementation=kernel)
   return nn.with_logical_constraint(out, HEAD_TOKENS)
 
 
@@ -222,29 +252,33 @@ class Attention(nn.Module):
     hd = d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv", **kw)(x)
-    out = _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.attention_impl, self.dtype)
+    out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], self.attention_impl, self.dtype)
     return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
 
 
 class CrossAttention(nn.Module):
   """Multi-head cross-attention: queries from x (B, T, D), keys/values from context (B, S, D).
 
-  Used by the paper's cross-attention block design with the length-2 context [t_emb, y_emb].
+  Used by the paper's cross-attention block design with the length-2 context [t_emb, y_emb],
+  and by the text cross-attention block with caption tokens, whose padding ``kv_lengths`` (B,)
+  masks (see ``attend``) and whose output projection starts at zero (``proj_init``).
   """
   num_heads: int
   attention_impl: str = "auto"
+  proj_init: Initializer | None = None
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, context: jax.Array,
+               kv_lengths: jax.Array | None = None) -> jax.Array:
     d = x.shape[-1]
     hd = d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     q = Dense((self.num_heads, hd), (EMBED,), (HEADS, KV), name="q", **kw)(x)
     kv = Dense((2, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="kv", **kw)(context)
-    out = _attend(q, kv[:, :, 0], kv[:, :, 1], self.attention_impl, self.dtype)
-    return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
+    out = attend(q, kv[:, :, 0], kv[:, :, 1], self.attention_impl, self.dtype, kv_lengths)
+    return Dense((d,), (HEADS, KV), (EMBED,), name="proj", kernel_init=self.proj_init, **kw)(out)
 
 
 class Mlp(nn.Module):
@@ -299,7 +333,8 @@ class LabelEmbedder(nn.Module):
 
   With ``dropout_prob > 0`` the table has ``num_classes + 1`` rows; the last row is the null
   class. In training each label is replaced by the null class with probability
-  ``dropout_prob`` using the "dropout" RNG stream.
+  ``dropout_prob`` using the "dropout" RNG stream (``drop``; text models call it first to learn
+  which captions to null, then embed the dropped labels with ``train=False``).
   """
   num_classes: int
   hidden_size: int
@@ -307,17 +342,38 @@ class LabelEmbedder(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  def drop(self, labels: jax.Array, train: bool) -> jax.Array:
+    """int32 labels, each replaced by num_classes with probability dropout_prob in training."""
+    labels = jnp.asarray(labels, jnp.int32)
+    if train and self.dropout_prob > 0:
+      drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.dropout_prob
+      labels = jnp.where(drop, self.num_classes, labels)
+    return labels
+
   @nn.compact
   def __call__(self, labels: jax.Array, train: bool) -> jax.Array:
     rows = self.num_classes + int(self.dropout_prob > 0)
     table = self.param("embedding_table",
                        nn.with_logical_partitioning(nn.initializers.normal(0.02), (CLASSES, EMBED)),
                        (rows, self.hidden_size), self.param_dtype)
-    labels = jnp.asarray(labels, jnp.int32)
-    if train and self.dropout_prob > 0:
-      drop = jax.random.uniform(self.make_rng("dropout"), labels.shape) < self.dropout_prob
-      labels = jnp.where(drop, self.num_classes, labels)
-    return jnp.take(table, labels, axis=0).astype(self.dtype)
+    return jnp.take(table, self.drop(labels, train), axis=0).astype(self.dtype)
+
+
+class CaptionEmbedder(nn.Module):
+  """Text-encoder outputs (B, L, context_dim) -> caption tokens (B, L, D): PixArt-alpha's caption
+  MLP (Linear, GELU tanh, Linear; kernels N(0, 0.02) as PixArt initialises them). The hidden
+  axis shards over "mlp" (tensor), the input width over "embed" (fsdp)."""
+  hidden_size: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, context: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+              kernel_init=nn.initializers.normal(0.02))
+    h = Dense((self.hidden_size,), (EMBED,), (MLP,), name="fc1", **kw)(context)
+    h = nn.gelu(h, approximate=True)
+    return Dense((self.hidden_size,), (MLP,), (EMBED,), name="fc2", **kw)(h)
 
 
 class PatchEmbed(nn.Module):
