@@ -70,7 +70,7 @@ def model_gflops(config) -> float:
 
 def _batch_struct(config, global_batch: int, batch_sharding=None) -> dict:
   model = train_state.build_model(config)
-  shape = (global_batch, model.input_size, model.input_size, model.in_channels)
+  shape = (global_batch,) + model.input_shape
   return dict(x=jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding),
               y=jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=batch_sharding))
 

@@ -4,9 +4,10 @@ Per log window: the step metrics averaged over the window (loss, mse, vb, learni
 gradient and parameter norms, skipped inputs), throughput (steps/s, images/s), TFLOP/s per device
 and MFU from `dit_jax.flops` (training = 3 x forward, 2 FLOPs per multiply-accumulate), and
 clu's ReportProgress (steps/s, ETA). Optionally a profiler window and a grid of EMA samples
-(TensorBoard image + PNG under WORKDIR/samples/); for the digits source the grid is also scored
-with `dit_jax.quality` (eval/accuracy, eval/fd, eval/variety_ratio), so sample quality is
-tracked during training. FID and the other ADM scores come from ``config.eval``
+(TensorBoard image + PNG under WORKDIR/samples/; video models: frame strips + an animated GIF);
+for the built-in sources the grid is also scored (`dit_jax.quality.scorer`: digits ->
+eval/accuracy, eval/fd, eval/variety_ratio; moving digits -> eval/frame_accuracy, eval/identity,
+eval/mean_speed, ...), so sample quality is tracked during training. FID and the other ADM scores come from ``config.eval``
 (``dit_jax.evaluation.during_training``) through ``write_eval``.
 """
 import logging
@@ -19,18 +20,22 @@ import numpy as np
 from clu import metric_writers, periodic_actions
 from etils import epath
 from flax import traverse_util
-from PIL import Image
 
 from dit_jax import flops
+from dit_jax import grids
 from dit_jax import sharding
-from dit_jax.data import sources
 
 SAMPLES_SUBDIR = "samples"
 GRID_COLUMNS = 8
 GRID_MAX_CLASSES = 10
 TRAIN_FLOPS_PER_FORWARD_MAC = 3 * 2  # forward + 2x backward; a MAC is 2 FLOPs
 _NOT_AVERAGED = ("finite", "skipped")
-EVAL_SCALARS = ("accuracy", "fd", "variety_ratio")
+# Scores of the built-in sources logged under eval/ (the others stay in the sample command's JSON).
+EVAL_SCALARS = {
+    "digits": ("accuracy", "fd", "variety_ratio"),
+    "moving_digits": ("frame_accuracy", "identity", "identity_correct", "mean_speed",
+                      "moving_fraction"),
+}
 
 
 def flatten_config(config) -> dict:
@@ -128,8 +133,10 @@ class TrainMonitor:
 
     Rows are classes 0..min(num_classes, 10)-1; sampling uses config.sample.sampler with
     config.sample_grid_steps steps, no guidance. Skipped for latent models (no decoder here).
-    Digits runs also log the grid's quality scores (8 samples per class: a coarse monitor; the
-    sample command scores as many samples as asked).
+    Video models write the first video of each class as frame strips (TensorBoard, PNG) and
+    the whole grid as an animated GIF. Runs on a built-in source also log the grid's quality
+    scores (8 samples per class: a coarse monitor; the sample command scores as many samples
+    as asked).
     """
     if self.model.in_channels not in (1, 3):
       logging.info("Sample grid skipped: %d-channel latents need the VAE decoder (dit_jax.sample).",
@@ -138,7 +145,7 @@ class TrainMonitor:
     from dit_jax import diffusion  # local: only sampling needs the samplers
     classes = min(self.model.num_classes, GRID_MAX_CLASSES)
     labels = np.repeat(np.arange(classes, dtype=np.int32), GRID_COLUMNS)
-    shape = (len(labels), self.model.input_size, self.model.input_size, self.model.in_channels)
+    shape = (len(labels),) + self.model.input_shape
     replicated = sharding.replicated(self.mesh)
     noise = jax.device_put(jax.random.normal(jax.random.fold_in(rng, step), shape), replicated)
     labels = jax.device_put(labels, replicated)
@@ -153,17 +160,24 @@ class TrainMonitor:
         num_steps=self.config.sample_grid_steps, model_kwargs=dict(params=ema_params, y=labels))
     samples = jax.jit(lambda s: s, out_shardings=replicated)(samples)
     samples = np.asarray(samples.addressable_data(0))
-    grid = image_grid(samples)
+    video = samples.ndim == 5
+    pixels = np.clip(np.round((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    grid = grids.frame_strips(pixels[::GRID_COLUMNS]) if video else image_grid(samples)
     if self.is_chief:
       self.writer.write_images(step, {"samples/ema": grid[None]})
-      if self.config.data.get("source") == sources.SOURCE_DIGITS:
-        from dit_jax import quality  # local: only digits runs need the classifier
-        scores = quality.digits_quality(samples, np.asarray(labels))
-        self.writer.write_scalars(step, {f"eval/{k}": scores[k] for k in EVAL_SCALARS})
+      from dit_jax import quality  # local: the classifiers load only when sampling
+      source = self.config.data.get("source", "")
+      scorer = quality.scorer(source)
+      if scorer is not None:
+        scores = scorer(samples, np.asarray(labels))
+        self.writer.write_scalars(step, {f"eval/{k}": scores[k] for k in EVAL_SCALARS[source]})
       out_dir = self.workdir / SAMPLES_SUBDIR
       out_dir.mkdir(parents=True, exist_ok=True)
       with (out_dir / f"step_{step:08d}.png").open("wb") as f:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+        grids.save_png(grid, f)
+      if video:
+        with (out_dir / f"step_{step:08d}.gif").open("wb") as f:
+          grids.save_gif(grids.animated_grid(pixels, GRID_COLUMNS), f)
     self._window_start = (step, time.perf_counter())  # keep sampling out of the throughput
 
   def write_eval(self, step: int, scalars: dict[str, float]) -> None:

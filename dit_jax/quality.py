@@ -227,3 +227,15 @@ def digits_quality(samples, labels) -> dict[str, float]:
       num_samples=float(len(labels)),
       classifier_test_accuracy=load_classifier()[1],
   )
+
+
+def scorer(source: str):
+  """The sample-quality function ``f(samples, labels) -> dict`` of a built-in data source:
+  ``digits_quality`` for "digits", ``video_quality.moving_digits_quality`` for "moving_digits";
+  None for any other source (FID and the ADM scores are dit_jax.evaluation's)."""
+  if source == "digits":
+    return digits_quality
+  if source == "moving_digits":
+    from dit_jax import video_quality  # local: video_quality imports this module
+    return video_quality.moving_digits_quality
+  return None

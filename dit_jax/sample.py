@@ -2,6 +2,13 @@ r"""Sampling from a checkpoint: EMA weights -> ADM-format npz, PNG grid, per-sam
 
   python -m dit_jax.sample --workdir workdirs/digits --num_samples 1000 \
       --output workdirs/digits/samples.npz --grid workdirs/digits/grid.png
+  python -m dit_jax.sample --workdir workdirs/moving_digits --num_samples 100 \
+      --output workdirs/moving_digits/samples.npz --grid workdirs/moving_digits/grid.gif \
+      --gif_dir workdirs/moving_digits/gifs
+
+Video models write ``arr_0`` of shape (N, F, H, W, C); their grid is an animated GIF (a ``.gif``
+name: cell i plays video i) or frame strips (a ``.png`` name: a row per video), and
+``--gif_dir`` / ``--png_dir`` get one GIF / frame strip per video.
 
 Only the EMA weights are restored (no optimizer is built); a directory written by
 ``python -m dit_jax.convert`` (official weights) works the same way. Latent models are decoded
@@ -29,13 +36,13 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from dit_jax import checkpoint, diffusion, distributed, paths, sharding
+from dit_jax import grids
 from dit_jax import train_state as ts
 from dit_jax.data import sources
 
 GUIDANCE_CHANNELS = diffusion.guidance.GUIDANCE_MODES
 DEFAULT_BATCH_SIZE = 256
 GRID_MAX_SAMPLES = 100
-GRID_MIN_CELL_PX = 32  # small images (8x8 digits) are enlarged so the grid is legible
 _LABEL_STREAM, _NOISE_STREAM = 0, 1
 
 
@@ -52,10 +59,6 @@ def sample_labels(seed: int, num_samples: int, num_classes: int, given=None) -> 
   draw = jax.vmap(lambda i: jax.random.randint(jax.random.fold_in(key, i), (), 0, num_classes))
   with jax.default_device(jax.local_devices()[0]):
     return np.asarray(jax.jit(draw)(jnp.arange(num_samples)), np.int32)
-
-
-def model_input_shape(model) -> tuple[int, int, int]:
-  return (model.input_size, model.input_size, model.in_channels)
 
 
 def to_uint8(images: jax.Array) -> jax.Array:
@@ -84,8 +87,10 @@ def make_decoder(config, vae_dir: str | None):
   model, params = vae_weights.load_vae(vae_dir)
   scale = (config.get("data") or {}).get("latent_scale") or model.scaling_factor
 
-  def decode(vae_params, latents):
-    return model.apply({"params": vae_params}, latents / scale, method=vae.AutoencoderKL.decode)
+  def decode(vae_params, latents):  # images (N, h, w, c) or videos (N, F, h, w, c), frame by frame
+    frames = latents.reshape((-1,) + latents.shape[-3:])
+    images = model.apply({"params": vae_params}, frames / scale, method=vae.AutoencoderKL.decode)
+    return images.reshape(latents.shape[:-3] + images.shape[-3:])
   return decode, params
 
 
@@ -142,7 +147,7 @@ def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float =
 def _cached_generate_fn(config_json, sampler, num_steps, cfg_scale, guidance, vae_dir):
   config = ml_collections.ConfigDict(json.loads(config_json))
   model = ts.build_model(config)
-  shape = model_input_shape(model)
+  shape = model.input_shape
   decode, vae_params = make_decoder(config, vae_dir)
   diffusion_cfg = config.diffusion
 
@@ -273,33 +278,12 @@ class NpzWriter:
       os.remove(self._path)
 
 
-def make_grid(images: np.ndarray, ncols: int = 10, pad: int = 2) -> np.ndarray:
-  """uint8 (N, H, W, C) -> one (rows, cols) image with ``pad`` pixels of black between cells.
-
-  Images smaller than GRID_MIN_CELL_PX are enlarged by an integer factor (nearest neighbour).
-  """
-  n, h, w, _ = images.shape
-  scale = max(1, math.ceil(GRID_MIN_CELL_PX / max(h, w)))
-  images = einops.repeat(images, "n h w c -> n (h sh) (w sw) c", sh=scale, sw=scale)
-  ncols = min(ncols, n)
-  nrows = math.ceil(n / ncols)
-  # Black cells fill the last row; each cell gets its top and left border, the grid its last.
-  cells = np.pad(images, ((0, nrows * ncols - n), (pad, 0), (pad, 0), (0, 0)))
-  grid = einops.rearrange(cells, "(r k) h w c -> (r h) (k w) c", k=ncols)
-  return np.pad(grid, ((0, pad), (0, pad), (0, 0)))
-
-
-def save_png(image: np.ndarray, path: str) -> None:
-  from PIL import Image  # local: only outputs need pillow
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
-
-
 # ---------------------------------------------------------------- the command
 
 
 def check_request(*, num_samples: int, output: str | None = None, grid: str | None = None,
                   png_dir: str | None = None, grid_cols: int = 10, labels=None,
-                  **sampling) -> list[int] | None:
+                  gif_dir: str | None = None, **sampling) -> list[int] | None:
   """Checks the arguments of ``sample_to_files`` before any work (restoring, compiling,
   sampling), so that no samples are lost to a bad path at the end; makes the output
   directories. Raises ValueError naming the flag and the fix; returns ``parse_labels(labels)``.
@@ -320,26 +304,30 @@ def check_request(*, num_samples: int, output: str | None = None, grid: str | No
     for path, flag in ((output, "--output"), (grid, "--grid")):
       if path:
         paths.prepare_output_file(path, flag)
-    if png_dir:
-      paths.prepare_output_dir(png_dir, "--png_dir")
+    for path, flag in ((png_dir, "--png_dir"), (gif_dir, "--gif_dir")):
+      if path:
+        paths.prepare_output_dir(path, flag)
   return parsed
 
 
 def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None,
                     grid: str | None = None, png_dir: str | None = None, seed: int = 0,
                     step: int | None = None, labels=None, evaluate: bool | None = None,
-                    grid_cols: int = 10, **sampling) -> dict:
+                    grid_cols: int = 10, gif_dir: str | None = None, **sampling) -> dict:
   """What ``python -m dit_jax.sample`` does: restore the EMA weights, sample, write outputs.
 
   Args:
     workdir: training workdir or converted checkpoint (local path or gs://).
     num_samples: how many samples; sample i depends only on (seed, i).
-    output: npz path (``arr_0`` uint8 NHWC, ``labels``); grid: PNG of the first
-      GRID_MAX_SAMPLES samples in ``grid_cols`` columns; png_dir: one PNG per sample.
+    output: npz path (``arr_0`` uint8 NHWC or NFHWC, ``labels``); grid: image of the first
+      GRID_MAX_SAMPLES samples in ``grid_cols`` columns (videos: animated for a .gif name, frame
+      strips otherwise); png_dir: one PNG per sample (videos: its frame strip); gif_dir: one
+      animated GIF per video.
     step: checkpoint step (default: the latest).
     labels: classes cycled over the samples (default: drawn from the seed).
-    evaluate: digits quality metrics (default: when the config's data source is digits);
-      printed and written next to the npz as ``<output>_quality.json``.
+    evaluate: the quality metrics of a built-in source (``quality.scorer``: digits, moving
+      digits; default: when the config's source has them); printed and written next to the
+      npz as ``<output>_quality.json``.
     **sampling: sampler, num_steps, cfg_scale, guidance, batch_size, vae_dir (see
       ``iterate_samples``).
 
@@ -347,12 +335,16 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
     The quality metrics on process 0 when evaluated, else {}.
   """
   labels = check_request(num_samples=num_samples, output=output, grid=grid, png_dir=png_dir,
-                         grid_cols=grid_cols, labels=labels, **sampling)
+                         grid_cols=grid_cols, labels=labels, gif_dir=gif_dir, **sampling)
   config, params = checkpoint.restore_ema_params(workdir, step)
   num_classes = ts.build_model(config).num_classes
   labels = sample_labels(seed, num_samples, num_classes, labels)
-  if evaluate is None:
-    evaluate = (config.get("data") or {}).get("source") == sources.SOURCE_DIGITS
+  from dit_jax import quality  # local: only built-in sources have a scorer
+  scorer = quality.scorer((config.get("data") or {}).get("source", ""))
+  if evaluate and scorer is None:
+    raise ValueError("--eval=true: this model's data source has no built-in quality metric "
+                     "(digits and moving_digits do); use python -m dit_jax.evaluate for FID.")
+  evaluate = scorer is not None if evaluate is None else evaluate
   writes = jax.process_index() == 0
   writer = None
   grid_images, eval_images = [], []
@@ -368,24 +360,47 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
       grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
       if evaluate:
         eval_images.append(images)
-      for i, image in enumerate(images if png_dir else ()):
-        save_png(image, os.path.join(png_dir, f"{start + i:06d}.png"))
+      write_per_sample(images, start, png_dir, gif_dir)
   if not writes:
     return {}
   if writer is not None:
     logging.info("wrote %d samples to %s", num_samples, output)
   if grid:
-    save_png(make_grid(np.concatenate(grid_images), grid_cols), grid)
+    write_grid(np.concatenate(grid_images), grid, grid_cols)
     logging.info("wrote the grid to %s", grid)
   if not evaluate:
     return {}
-  from dit_jax import quality  # local: only digits runs need the classifier
-  scores = quality.digits_quality(np.concatenate(eval_images), labels)
+  scores = scorer(np.concatenate(eval_images), labels)
   print(json.dumps(scores, indent=1))
   if output:
     with open(os.path.splitext(output)[0] + "_quality.json", "w") as f:
       json.dump(scores, f, indent=1)
   return scores
+
+
+def write_per_sample(samples: np.ndarray, start: int, png_dir: str | None,
+                     gif_dir: str | None) -> None:
+  """One PNG per sample into ``png_dir`` (a video's frame strip) and, for videos, one animated
+  GIF into ``gif_dir``; files are named by sample index."""
+  video = samples.ndim == 5
+  for i, sample in enumerate(samples):
+    name = f"{start + i:06d}"
+    if png_dir:
+      grids.save_png(grids.frame_strips(sample[None]) if video else sample,
+                     os.path.join(png_dir, name + ".png"))
+    if gif_dir and video:
+      grids.save_gif(sample, os.path.join(gif_dir, name + ".gif"))
+
+
+def write_grid(samples: np.ndarray, path: str, ncols: int) -> None:
+  """The grid of ``samples``: images in ``ncols`` columns; videos as an animated grid for a .gif
+  name, else as frame strips (a row per video)."""
+  if samples.ndim == 4:
+    grids.save_png(grids.make_grid(samples, ncols), path)
+  elif path.lower().endswith(".gif"):
+    grids.save_gif(grids.animated_grid(samples, ncols), path)
+  else:
+    grids.save_png(grids.frame_strips(samples), path)
 
 
 def define_flags() -> None:
@@ -394,16 +409,18 @@ def define_flags() -> None:
   flags.DEFINE_string("workdir", None, "Training workdir or converted checkpoint (local or gs://).",
                       required=True)
   flags.DEFINE_integer("num_samples", 100, "How many samples.")
-  flags.DEFINE_string("output", None, "npz to write (arr_0: uint8 NHWC, labels).")
+  flags.DEFINE_string("output", None, "npz to write (arr_0: uint8 NHWC, videos NFHWC; labels).")
   flags.DEFINE_integer("seed", 0, "Sample i depends only on (seed, i).")
   flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default config.sample).")
   flags.DEFINE_integer("num_sampling_steps", None, "Sampler steps (default config.sample).")
   flags.DEFINE_enum("sampler", None, ["ddpm", "ddim", "euler", "heun", "euler_maruyama"],
                     "Sampler (default config.sample.sampler).")
   flags.DEFINE_list("labels", None, "Classes, cycled over the samples (default: drawn at random).")
-  flags.DEFINE_string("grid", None, f"PNG grid of the first {GRID_MAX_SAMPLES} samples.")
+  flags.DEFINE_string("grid", None, f"Grid of the first {GRID_MAX_SAMPLES} samples (.png; videos: "
+                      ".gif animates it, .png shows frame strips).")
   flags.DEFINE_integer("grid_cols", 10, "Columns of the grid.")
-  flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here.")
+  flags.DEFINE_string("png_dir", None, "Also write one PNG per sample here (videos: frame strips).")
+  flags.DEFINE_string("gif_dir", None, "Video models: also write one animated GIF per sample here.")
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.DEFINE_integer("batch_size", None, "Global batch size (a multiple of the device count).")
   flags.DEFINE_enum("guidance", None, list(GUIDANCE_CHANNELS),
@@ -412,7 +429,8 @@ def define_flags() -> None:
                     "'official'.")
   flags.DEFINE_string("vae", None, "Converted SD-VAE directory for latent models (default data.vae).")
   flags.DEFINE_enum("eval", "auto", ["auto", "true", "false"],
-                    "Digits quality metrics (dit_jax.quality); 'auto' = for the digits source.")
+                    "Quality metrics of the built-in sources (digits: dit_jax.quality, "
+                    "moving_digits: dit_jax.video_quality); 'auto' = for those sources.")
   distributed.define_flags()
 
 
@@ -420,12 +438,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  if not (f.output or f.grid or f.png_dir or f.eval == "true"):
-    raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / --png_dir DIR.")
+  if not (f.output or f.grid or f.png_dir or f.gif_dir or f.eval == "true"):
+    raise app.UsageError("nothing to write: pass --output FILE.npz and/or --grid FILE.png / "
+                         "--png_dir DIR / --gif_dir DIR.")
   distributed.initialize_from_flags()
   try:  # sample_to_files checks them too; here a bad flag gets absl's usage error
     check_request(num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
-                  grid_cols=f.grid_cols, labels=f.labels, num_steps=f.num_sampling_steps,
+                  grid_cols=f.grid_cols, labels=f.labels, gif_dir=f.gif_dir,
+                  num_steps=f.num_sampling_steps,
                   cfg_scale=f.cfg_scale, batch_size=f.batch_size)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
@@ -433,6 +453,7 @@ def main(argv):
       f.workdir, num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
       seed=f.seed, step=f.step, labels=f.labels,
       evaluate=None if f.eval == "auto" else f.eval == "true", grid_cols=f.grid_cols,
+      gif_dir=f.gif_dir,
       sampler=f.sampler, num_steps=f.num_sampling_steps, cfg_scale=f.cfg_scale,
       guidance=f.guidance, batch_size=f.batch_size, vae_dir=f.vae)
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from flax import linen as nn
 
-from dit_jax import checkpoint, convert, sample, sharding
+from dit_jax import checkpoint, convert, grids, sample, sharding
 from dit_jax import train_state as ts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_npz_grid_and_png_outputs(cli_outputs):
   np.testing.assert_array_equal(labels, np.resize([3, 1, 4], NUM_SAMPLES))
   from PIL import Image
   grid = np.asarray(Image.open(cli_outputs / "grid.png"))
-  cell = 8 * math.ceil(sample.GRID_MIN_CELL_PX / 8)  # enlarged 8x8 digits
+  cell = 8 * math.ceil(grids.GRID_MIN_CELL_PX / 8)  # enlarged 8x8 digits
   rows = math.ceil(NUM_SAMPLES / 10)
   assert grid.shape == (rows * (cell + 2) + 2, 10 * (cell + 2) + 2)
   assert grid[2:2 + cell:4, 2:2 + cell:4].tolist() == images[0, :, :, 0].tolist()
@@ -115,8 +115,8 @@ def test_npz_grid_and_png_outputs(cli_outputs):
 @pytest.mark.parametrize("n, ncols", [(7, 3), (2, 10)])
 def test_make_grid_cells_and_borders(n, ncols):
   images = np.random.default_rng(0).integers(1, 256, (n, 8, 4, 3), dtype=np.uint8)
-  grid = sample.make_grid(images, ncols=ncols, pad=2)
-  scale = math.ceil(sample.GRID_MIN_CELL_PX / 8)  # nearest-neighbour enlargement
+  grid = grids.make_grid(images, ncols=ncols, pad=2)
+  scale = math.ceil(grids.GRID_MIN_CELL_PX / 8)  # nearest-neighbour enlargement
   h, w, cols = 8 * scale, 4 * scale, min(ncols, n)
   rows = math.ceil(n / cols)
   assert grid.shape == (rows * (h + 2) + 2, cols * (w + 2) + 2, 3)

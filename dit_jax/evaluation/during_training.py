@@ -53,6 +53,10 @@ def check_config(config) -> list[str]:
                     "to download pytorch-fid's weights).")
   if sample.is_latent(config) and not (config.get("data") or {}).get("vae"):
     problems.append("config.eval needs the SD-VAE to decode latent samples: set config.data.vae.")
+  if (config.get("model") or {}).get("num_frames", 0):
+    problems.append("config.eval scores images with Inception features; this is a video model "
+                    "(config.model.num_frames > 0): set config.eval.every_steps=0 (moving digits "
+                    "are scored by the sample grid, dit_jax.video_quality).")
   if not math.isfinite(ev.get("cfg_scale", 1.0)):
     problems.append(f"config.eval.cfg_scale={ev.get('cfg_scale')} must be a finite number.")
   return problems

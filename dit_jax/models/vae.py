@@ -242,7 +242,8 @@ def make_encode_fn(vae_dir: str, dtype: Any = jnp.float32, latent_scale: float |
                    mesh: jax.sharding.Mesh | None = None) -> Callable:
   """Loads a converted VAE and returns jitted `fn(images, rng) -> scaled latents`.
 
-  `images` are NHWC in [-1, 1]; the result is a posterior sample times `latent_scale` (default:
+  `images` are NHWC in [-1, 1] (or videos NFHWC, encoded frame by frame as Latte does); the
+  result is a posterior sample times `latent_scale` (default:
   the VAE config's scaling_factor, 0.18215), as DiT's training script computes on the fly. With
   a `mesh` the parameters are replicated on it once and the latents come out batch-sharded over
   (data, fsdp) like the training batch; the parameters are an argument of the jitted function,
@@ -258,7 +259,9 @@ def make_encode_fn(vae_dir: str, dtype: Any = jnp.float32, latent_scale: float |
 
   @functools.partial(jax.jit, out_shardings=out_sharding)
   def encode(vae_params, images, rng):
-    mean, logvar = model.apply({"params": vae_params}, images, method=AutoencoderKL.encode)
-    return sample_posterior(mean, logvar, rng) * scale
+    frames = images.reshape((-1,) + images.shape[-3:])
+    mean, logvar = model.apply({"params": vae_params}, frames, method=AutoencoderKL.encode)
+    latents = sample_posterior(mean, logvar, rng) * scale
+    return latents.reshape(images.shape[:-3] + latents.shape[-3:])
 
   return functools.partial(encode, params)
