@@ -44,11 +44,16 @@ def _check_model(config) -> None:
   for name in ("input_size", "patch_size", "hidden_size", "num_heads"):
     if name not in kw:
       raise ConfigError(f"config.model.{name} is missing; set it or set config.model.variant.")
-  size, patch = kw["input_size"], kw["patch_size"]
+  size, patch, width = kw["input_size"], kw["patch_size"], kw.get("input_width", 0)
   if size % patch:
     raise ConfigError(
         f"config.model.patch_size={patch} does not divide config.model.input_size={size}; "
         f"choose a patch size that divides {size} (e.g. 2), or change the resolution.")
+  if width < 0 or width % patch:
+    raise ConfigError(
+        f"config.model.input_width={width} must be 0 (square: the width is input_size) or a "
+        f"positive multiple of config.model.patch_size={patch}; pad or crop the width to a "
+        f"multiple of {patch}, or choose a patch size that divides it.")
   from dit_jax.models import dit, layers  # local, as in model_kwargs
   impl = kw.get("attention_impl", "auto")
   if impl not in layers.ATTENTION_IMPLS:
@@ -163,14 +168,17 @@ def _check_data(config) -> None:
     raise ConfigError(str(e)) from e
   kw = model_kwargs(config.model.to_dict())
   frames = kw.get("num_frames", 0)
-  want = (frames,) * bool(frames) + (kw["input_size"], kw["input_size"], kw.get("in_channels", 4))
+  height = kw["input_size"]
+  width = kw.get("input_width", 0) or height
+  want = (frames,) * bool(frames) + (height, width, kw.get("in_channels", 4))
   got = tuple(data.input_shape(config.data))
   if got != want:
-    fields = "num_frames, " * bool(frames) + "input_size, input_size, in_channels"
+    fields = "num_frames, " * bool(frames) + "input_size (H), input_width (W; 0: square), in_channels"
     raise ConfigError(
         f"config.data gives inputs of shape {got} but the model expects {want} "
         f"(config.model.{fields}); make config.data.image_size / num_frames / source agree "
-        "with config.model (num_frames=0 is an image model).")
+        "with config.model (num_frames=0 is an image model; a non-square source such as "
+        "digit_pairs' 8 x 16 needs config.model.input_width).")
 
 
 def validate(config, *, num_devices: int, process_count: int = 1, check_data: bool = True) -> None:

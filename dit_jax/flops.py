@@ -4,7 +4,8 @@ The paper counts "flops" as multiply-accumulates (MACs) of one forward pass for 
 (Table 4: DiT-XL/2 at 256 px = 118.64). The terms below reproduce every printed value of
 the paper (12 variants of Table 4 to two decimals, XL/2 at 512 px = 524.6, and the block
 designs at XL/2: in-context 119.4, cross-attention 137.6, adaLN 118.6, adaLN-Zero 118.6).
-With T tokens (plus 2 for in-context), width D, depth N, mlp_ratio r:
+With T tokens (plus 2 for in-context; T = H/p * W/p, so non-square inputs count their own
+grid), width D, depth N, mlp_ratio r:
 
 - per block: linear layers T * (4 + 2r) * D^2 (qkv 3, out 1, MLP 2r), attention
   2 * T^2 * D (q k^T and attn v), and ELEMENTWISE_MACS * T * D (an elementwise term of the

@@ -247,15 +247,18 @@ class FinalLayer(nn.Module):
 
 
 def unpatchify(x: jax.Array, patch_size: int, channels: int, frames: int = 0,
-               temporal_patch_size: int = 1) -> jax.Array:
+               temporal_patch_size: int = 1, grid: tuple[int, int] | None = None) -> jax.Array:
   """(B, T, p*p*C) tokens in row-major grid order, features laid out (p_row, p_col, C) ->
-  (B, H, W, C) images (a square grid of T tokens). With ``frames`` > 0: frame-major tokens of
-  tubelets, features (pt, p_row, p_col, C) -> (B, F, H, W, C) videos."""
+  (B, H, W, C) images. ``grid`` is the (rows, cols) token grid of one frame, H = rows * p and
+  W = cols * p; None means a square grid of T tokens. With ``frames`` > 0: frame-major tokens
+  of tubelets, features (pt, p_row, p_col, C) -> (B, F, H, W, C) videos."""
   pt = temporal_patch_size
   gt = max(frames, 1) // pt
-  g = int(round((x.shape[1] // gt) ** 0.5))
-  out = einops.rearrange(x, "b (gt gh gw) (pt p q c) -> b (gt pt) (gh p) (gw q) c", gt=gt, gh=g,
-                         gw=g, pt=pt, p=patch_size, q=patch_size, c=channels)
+  if grid is None:
+    side = int(round((x.shape[1] // gt) ** 0.5))
+    grid = (side, side)
+  out = einops.rearrange(x, "b (gt gh gw) (pt p q c) -> b (gt pt) (gh p) (gw q) c", gt=gt,
+                         gh=grid[0], gw=grid[1], pt=pt, p=patch_size, q=patch_size, c=channels)
   return out if frames else out[:, 0]
 
 
@@ -279,6 +282,11 @@ class DiT(nn.Module):
   the caption MLP ("context_embedder"); the final layer is adaLN-Zero's for both designs.
   ``context_length`` is the padded caption length, used only by ``dit_gflops`` and
   ``model_kwargs_for_init`` (0 -> 1 token for init; any L works at call time).
+
+  Non-square inputs: ``input_width`` > 0 is the width W, with ``input_size`` the height H
+  (0: square, W = H, the official case). Both must be multiples of ``patch_size``; tokens stay
+  row-major over the (H/p, W/p) grid and the position table is the official formula on that
+  grid (first half column, second half row), so several aspect ratios share one set of weights.
   """
   input_size: int = 32
   patch_size: int = 2
@@ -301,6 +309,7 @@ class DiT(nn.Module):
   attention_layout: str = "joint"
   context_dim: int = 0
   context_length: int = 0
+  input_width: int = 0
 
   @property
   def out_channels(self) -> int:
@@ -312,19 +321,33 @@ class DiT(nn.Module):
     return max(self.num_frames, 1) // self.temporal_patch_size
 
   @property
+  def spatial_size(self) -> tuple[int, int]:
+    """(H, W) of one image or frame: W = input_width, or input_size when that is 0."""
+    return self.input_size, self.input_width or self.input_size
+
+  @property
+  def grid_size(self) -> tuple[int, int]:
+    """(rows, cols) of one frame's token grid: (H / patch_size, W / patch_size)."""
+    return tuple(side // self.patch_size for side in self.spatial_size)
+
+  @property
   def num_tokens(self) -> int:
-    return self.temporal_tokens * (self.input_size // self.patch_size) ** 2
+    rows, cols = self.grid_size
+    return self.temporal_tokens * rows * cols
 
   @property
   def input_shape(self) -> tuple[int, ...]:
     """Shape of one input: (H, W, C), or (F, H, W, C) for a video model."""
     frames = (self.num_frames,) if self.num_frames else ()
-    return frames + (self.input_size, self.input_size, self.in_channels)
+    return frames + self.spatial_size + (self.in_channels,)
 
   def _check(self, x: jax.Array):
     problems = []
     if self.input_size % self.patch_size:
       problems.append(f"input_size={self.input_size} must be a multiple of patch_size={self.patch_size}")
+    if self.input_width < 0 or self.input_width % self.patch_size:
+      problems.append(f"input_width={self.input_width} must be 0 (square) or a positive multiple "
+                      f"of patch_size={self.patch_size}")
     if self.hidden_size % self.num_heads or self.hidden_size % 4:
       problems.append(f"hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads} and by 4")
     if self.remat_policy != "none" and self.remat_policy not in REMAT_POLICIES:
@@ -402,7 +425,8 @@ class DiT(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False,
                context: jax.Array | None = None, context_mask: jax.Array | None = None) -> jax.Array:
-    """Model output (B, H, W, C_out) for images x (B, H, W, C), timesteps t (B,), labels y (B,);
+    """Model output (B, H, W, C_out) for images x (B, H, W, C) (H = input_size, W =
+    input_width or input_size), timesteps t (B,), labels y (B,);
     (B, F, H, W, C_out) for videos x (B, F, H, W, C).
 
     ``train=True`` enables label dropout (needs the "dropout" RNG stream). Text models
@@ -416,11 +440,10 @@ class DiT(nn.Module):
                        "context_dim to the text encoder's width and block_type to one of "
                        f"{TEXT_BLOCK_TYPES} for a text model.")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    grid = self.input_size // self.patch_size
     h = layers.PatchEmbed(self.patch_size, self.hidden_size, self.temporal_patch_size,
                           name="x_embedder", **kw)(x)
     # A constant, not a parameter; the 2-D table for images (one temporal token).
-    pos = layers.sincos_pos_embed_3d(self.hidden_size, self.temporal_tokens, grid)
+    pos = layers.sincos_pos_embed_3d(self.hidden_size, self.temporal_tokens, self.grid_size)
     h = h + jnp.asarray(pos, self.dtype)[None]
     t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)
     labels = layers.LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
@@ -444,7 +467,8 @@ class DiT(nn.Module):
     final = "adaln_zero" if text else self.block_type
     h = FinalLayer(self.patch_size, self.out_channels, final, name="final_layer",
                    temporal_patch_size=self.temporal_patch_size, **kw)(h, c)
-    out = unpatchify(h, self.patch_size, self.out_channels, self.num_frames, self.temporal_patch_size)
+    out = unpatchify(h, self.patch_size, self.out_channels, self.num_frames,
+                     self.temporal_patch_size, self.grid_size)
     return out.astype(jnp.float32)
 
   def forward_with_cfg(self, x: jax.Array, t: jax.Array, y: jax.Array, cfg_scale,

@@ -413,18 +413,27 @@ class PatchEmbed(nn.Module):
     return y.reshape((batch, -1, self.hidden_size))
 
 
-def sincos_pos_embed_2d(embed_dim: int, grid_size: int) -> np.ndarray:
-  """Fixed 2-D sin-cos position table (grid_size**2, embed_dim), float64, official layout.
+def grid_shape(grid: int | Sequence[int]) -> tuple[int, int]:
+  """(rows, cols) of a token grid given as one int (square) or a (grid_h, grid_w) pair."""
+  rows, cols = (grid, grid) if np.ndim(grid) == 0 else tuple(grid)
+  return int(rows), int(cols)
 
-  For token (r, c): the first embed_dim/2 features encode the column c, the last the row r;
-  each half is [sin(pos w_j)] then [cos(pos w_j)], w_j = 10000^(-j / (embed_dim/4)).
+
+def sincos_pos_embed_2d(embed_dim: int, grid: int | Sequence[int]) -> np.ndarray:
+  """Fixed 2-D sin-cos position table (grid_h * grid_w, embed_dim), float64, official layout.
+
+  ``grid`` is the token grid: an int for a square grid (the official case) or
+  (grid_h, grid_w). Tokens are row-major (token k = r * grid_w + c). For token (r, c): the
+  first embed_dim/2 features encode the column c, the last the row r; each half is
+  [sin(pos w_j)] then [cos(pos w_j)], w_j = 10000^(-j / (embed_dim/4)).
   """
   if embed_dim % 4:
     raise ValueError(f"hidden_size={embed_dim} must be divisible by 4 for the 2-D sin-cos table.")
+  grid_h, grid_w = grid_shape(grid)
   quarter = embed_dim // 4
   omega = 1.0 / MAX_PERIOD ** (np.arange(quarter, dtype=np.float64) / quarter)
-  rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64),
-                           np.arange(grid_size, dtype=np.float64), indexing="ij")
+  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64),
+                           np.arange(grid_w, dtype=np.float64), indexing="ij")
 
   def encode(pos):
     out = np.outer(pos.reshape(-1), omega)
@@ -445,12 +454,12 @@ def sincos_pos_embed_1d(embed_dim: int, length: int) -> np.ndarray:
   return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def sincos_pos_embed_3d(embed_dim: int, frames: int, grid_size: int) -> np.ndarray:
-  """Fixed spacetime table (frames * grid_size**2, embed_dim), frame-major token order: the 2-D
-  table of each frame's grid plus the 1-D table of the frame index (Latte / Open-Sora's
-  spatial + temporal sum). A single frame gets no temporal term, so the table of F = 1 is the
-  image model's 2-D table exactly."""
-  spatial = sincos_pos_embed_2d(embed_dim, grid_size)
+def sincos_pos_embed_3d(embed_dim: int, frames: int, grid: int | Sequence[int]) -> np.ndarray:
+  """Fixed spacetime table (frames * grid_h * grid_w, embed_dim), frame-major token order: the
+  2-D table of each frame's grid (``grid``: an int, square, or (grid_h, grid_w)) plus the 1-D
+  table of the frame index (Latte / Open-Sora's spatial + temporal sum). A single frame gets no
+  temporal term, so the table of F = 1 is the image model's 2-D table exactly."""
+  spatial = sincos_pos_embed_2d(embed_dim, grid)
   if frames == 1:
     return spatial
   temporal = sincos_pos_embed_1d(embed_dim, frames)
