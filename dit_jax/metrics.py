@@ -24,6 +24,7 @@ from flax import traverse_util
 from dit_jax import flops
 from dit_jax import grids
 from dit_jax import sharding
+from dit_jax.train_state import TEXT_KEYS
 
 SAMPLES_SUBDIR = "samples"
 GRID_COLUMNS = 8
@@ -33,6 +34,7 @@ _NOT_AVERAGED = ("finite", "skipped")
 # Scores of the built-in sources logged under eval/ (the others stay in the sample command's JSON).
 EVAL_SCALARS = {
     "digits": ("accuracy", "fd", "variety_ratio"),
+    "digit_pairs": ("pair_accuracy", "held_out_pair_accuracy", "seen_pair_accuracy"),
     "moving_digits": ("frame_accuracy", "identity", "identity_correct", "mean_speed",
                       "moving_fraction"),
 }
@@ -145,6 +147,16 @@ class TrainMonitor:
     from dit_jax import diffusion  # local: only sampling needs the samplers
     classes = min(self.model.num_classes, GRID_MAX_CLASSES)
     labels = np.repeat(np.arange(classes, dtype=np.int32), GRID_COLUMNS)
+    prompts, text = None, {}
+    if self.model.context_dim:  # a text model: a row per prompt instead of a row per class
+      from dit_jax import text as text_lib  # local: class models need no tokenizer
+      prompts = text_lib.grid_prompts(self.config, GRID_MAX_CLASSES * GRID_COLUMNS)
+      if prompts is None:
+        logging.info("Sample grid skipped: a text model needs config.sample.prompts.")
+        return
+      labels = np.zeros(len(prompts), np.int32)  # the "use the caption" label
+      text = {k: jax.device_put(v, sharding.replicated(self.mesh))
+              for k, v in zip(TEXT_KEYS, text_lib.encode_prompts(self.config, prompts))}
     shape = (len(labels),) + self.model.input_shape
     replicated = sharding.replicated(self.mesh)
     noise = jax.device_put(jax.random.normal(jax.random.fold_in(rng, step), shape), replicated)
@@ -152,12 +164,13 @@ class TrainMonitor:
     if self._sample_fn is None:
       model = self.model
 
-      def model_fn(x, t, params, y):
-        return model.apply({"params": params}, x, t, y)
+      def model_fn(x, t, params, y, **text):
+        return model.apply({"params": params}, x, t, y, **text)
       self._sample_fn = model_fn
     samples = diffusion.sample(
         self.config.diffusion, self._sample_fn, noise, rng, sampler=self.config.sample.sampler,
-        num_steps=self.config.sample_grid_steps, model_kwargs=dict(params=ema_params, y=labels))
+        num_steps=self.config.sample_grid_steps,
+        model_kwargs=dict(params=ema_params, y=labels, **text))
     samples = jax.jit(lambda s: s, out_shardings=replicated)(samples)
     samples = np.asarray(samples.addressable_data(0))
     video = samples.ndim == 5
@@ -169,7 +182,7 @@ class TrainMonitor:
       source = self.config.data.get("source", "")
       scorer = quality.scorer(source)
       if scorer is not None:
-        scores = scorer(samples, np.asarray(labels))
+        scores = scorer(samples, prompts or np.asarray(labels))
         self.writer.write_scalars(step, {f"eval/{k}": scores[k] for k in EVAL_SCALARS[source]})
       out_dir = self.workdir / SAMPLES_SUBDIR
       out_dir.mkdir(parents=True, exist_ok=True)

@@ -231,11 +231,16 @@ def digits_quality(samples, labels) -> dict[str, float]:
 
 def scorer(source: str):
   """The sample-quality function ``f(samples, labels) -> dict`` of a built-in data source:
-  ``digits_quality`` for "digits", ``video_quality.moving_digits_quality`` for "moving_digits";
-  None for any other source (FID and the ADM scores are dit_jax.evaluation's)."""
+  ``digits_quality`` for "digits", ``video_quality.moving_digits_quality`` for "moving_digits",
+  ``pair_quality.prompts_quality`` for "digit_pairs" (its second argument: the prompts); None
+  for any other source (FID and the ADM scores are dit_jax.evaluation's)."""
+  # Local imports: those modules import this one.
   if source == "digits":
     return digits_quality
   if source == "moving_digits":
-    from dit_jax import video_quality  # local: video_quality imports this module
+    from dit_jax import video_quality
     return video_quality.moving_digits_quality
+  if source == "digit_pairs":
+    from dit_jax import pair_quality
+    return pair_quality.prompts_quality
   return None

@@ -26,8 +26,8 @@ import json
 import math
 import os
 import zipfile
+from typing import Sequence
 
-import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 
 from dit_jax import checkpoint, diffusion, distributed, paths, sharding
 from dit_jax import grids
+from dit_jax import text as text_lib
 from dit_jax import train_state as ts
 from dit_jax.data import sources
 
@@ -127,7 +128,9 @@ def parse_labels(labels) -> list[int] | None:
 
 def make_generate_fn(config, *, sampler: str, num_steps: int, cfg_scale: float = 1.0,
                      guidance: str = "official", vae_dir: str | None = None):
-  """Returns jitted ``generate(params, key, indices, labels) -> (uint8 NHWC images, finite)``.
+  """Returns jitted ``generate(params, key, indices, labels, text) -> (uint8 NHWC images,
+  finite)``; ``text`` is {} for class models, else the per-sample ``context`` and
+  ``context_mask`` (``dit_jax.text.encode_prompts``).
 
   Sample ``indices[j]`` with label ``labels[j]`` starts from noise drawn from
   ``fold_in(key, indices[j])`` and runs its own sampler chain, so the result for index i is
@@ -151,24 +154,30 @@ def _cached_generate_fn(config_json, sampler, num_steps, cfg_scale, guidance, va
   decode, vae_params = make_decoder(config, vae_dir)
   diffusion_cfg = config.diffusion
 
-  def model_fn(x, t, y, params):
-    return model.apply({"params": params}, x, t, y)
+  def model_fn(x, t, y, params, **text):
+    return model.apply({"params": params}, x, t, y, **text)
 
-  def one(params, key, index, label):
+  def one(params, key, index, label, text):
     noise_key, step_key = jax.random.split(jax.random.fold_in(key, index))
     noise = jax.random.normal(noise_key, (1, *shape), jnp.float32)
+    text = {k: v[None] for k, v in text.items()}
     out = diffusion.sample(
         diffusion_cfg, model_fn, noise, step_key, sampler=sampler, num_steps=num_steps,
-        model_kwargs=dict(y=label[None], params=params), cfg_scale=cfg_scale,
+        model_kwargs=dict(y=label[None], params=params, **text), cfg_scale=cfg_scale,
         null_label=model.num_classes, guidance_channels=GUIDANCE_CHANNELS[guidance])
     return out[0]
 
   @jax.jit
-  def generate(params, key, indices, labels, vae_params):
-    samples = jax.vmap(one, in_axes=(None, None, 0, 0))(params, key, indices, labels)
+  def generate(params, key, indices, labels, text, vae_params):
+    samples = jax.vmap(one, in_axes=(None, None, 0, 0, 0))(params, key, indices, labels, text)
     images = decode(vae_params, samples)
     return to_uint8(images), jnp.isfinite(images).all(axis=tuple(range(1, images.ndim)))
   return functools.partial(generate, vae_params=vae_params)
+
+
+def _resize_rows(rows: np.ndarray, n: int) -> np.ndarray:
+  """``rows`` cycled to exactly n rows (the padding of a last, partial batch)."""
+  return rows[np.arange(n) % len(rows)]
 
 
 def _global_array(values: np.ndarray, mesh) -> jax.Array:
@@ -179,8 +188,11 @@ def _global_array(values: np.ndarray, mesh) -> jax.Array:
 
 def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sampler=None,
                     num_steps=None, cfg_scale=None, guidance=None, batch_size=None,
-                    mesh=None, vae_dir=None, progress=False):
+                    mesh=None, vae_dir=None, progress=False, text=None):
   """Yields (start, uint8 images) batch by batch for samples 0..len(labels)-1, on every process.
+
+  Text models take ``text``: dict(context=(N, L[, D]), context_mask=(N, L)) for the N samples
+  (``dit_jax.text.encode_prompts``), with ``labels`` all 0 (the "use the caption" label).
 
   Defaults (sampler, num_steps, cfg_scale, guidance) come from ``config.sample`` (guidance:
   "official" where the config does not say). ``params`` are the EMA
@@ -212,8 +224,11 @@ def iterate_samples(config, params, labels: np.ndarray, *, seed: int = 0, sample
   for start in starts:
     indices = np.arange(start, start + batch_size, dtype=np.int32)
     batch_labels = np.resize(labels[start:start + batch_size], batch_size).astype(np.int32)
+    batch_text = {k: _global_array(_resize_rows(v[start:start + batch_size], batch_size), mesh)
+                  for k, v in (text or {}).items()}
     images, finite = multihost_utils.process_allgather(
-        generate(params, key, _global_array(indices, mesh), _global_array(batch_labels, mesh)),
+        generate(params, key, _global_array(indices, mesh), _global_array(batch_labels, mesh),
+                 batch_text),
         tiled=True)
     bad = np.flatnonzero(~np.asarray(finite)[:num - start]) + start
     if bad.size:
@@ -234,13 +249,15 @@ def generate_images(config, params, labels, **kwargs) -> np.ndarray:
 # ---------------------------------------------------------------- outputs
 
 class NpzWriter:
-  """Streams uint8 NHWC images into an npz (``arr_0`` and ``labels``), one batch at a time.
+  """Streams uint8 NHWC images into an npz (``arr_0`` and ``labels``, plus ``prompts`` for text
+  models), one batch at a time.
 
   The file is what ``np.savez`` writes (uncompressed members), readable by ADM's evaluator;
   the array header is written first with the final shape, then the raw batches.
   """
 
-  def __init__(self, path: str, shape: tuple[int, ...], labels: np.ndarray):
+  def __init__(self, path: str, shape: tuple[int, ...], labels: np.ndarray,
+               prompts: Sequence[str] | None = None):
     self._path = path
     self._zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
     self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
@@ -248,6 +265,7 @@ class NpzWriter:
               "fortran_order": False, "shape": tuple(shape)}
     np.lib.format.write_array_header_2_0(self._member, header)
     self._labels = np.asarray(labels)
+    self._prompts = None if prompts is None else np.asarray(prompts, str)
     self._remaining = math.prod(shape)
 
   def write(self, images: np.ndarray) -> None:
@@ -264,6 +282,9 @@ class NpzWriter:
       raise ValueError(f"NpzWriter closed with {self._remaining} values missing.")
     with self._zip.open("labels.npy", "w") as f:
       np.lib.format.write_array(f, self._labels)
+    if self._prompts is not None:
+      with self._zip.open("prompts.npy", "w") as f:
+        np.lib.format.write_array(f, self._prompts)
     self._zip.close()
 
   def __enter__(self):
@@ -313,7 +334,8 @@ def check_request(*, num_samples: int, output: str | None = None, grid: str | No
 def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None,
                     grid: str | None = None, png_dir: str | None = None, seed: int = 0,
                     step: int | None = None, labels=None, evaluate: bool | None = None,
-                    grid_cols: int = 10, gif_dir: str | None = None, **sampling) -> dict:
+                    grid_cols: int = 10, gif_dir: str | None = None, prompts=None,
+                    **sampling) -> dict:
   """What ``python -m dit_jax.sample`` does: restore the EMA weights, sample, write outputs.
 
   Args:
@@ -325,6 +347,7 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
       animated GIF per video.
     step: checkpoint step (default: the latest).
     labels: classes cycled over the samples (default: drawn from the seed).
+    prompts: text models: the prompts, cycled over the samples (kept in the npz as ``prompts``).
     evaluate: the quality metrics of a built-in source (``quality.scorer``: digits, moving
       digits; default: when the config's source has them); printed and written next to the
       npz as ``<output>_quality.json``.
@@ -337,8 +360,20 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
   labels = check_request(num_samples=num_samples, output=output, grid=grid, png_dir=png_dir,
                          grid_cols=grid_cols, labels=labels, gif_dir=gif_dir, **sampling)
   config, params = checkpoint.restore_ema_params(workdir, step)
-  num_classes = ts.build_model(config).num_classes
-  labels = sample_labels(seed, num_samples, num_classes, labels)
+  model = ts.build_model(config)
+  text = None
+  if model.context_dim:
+    if not prompts:
+      raise ValueError("this is a text-conditioned model: pass --prompts FILE (one prompt a line) "
+                       "or --prompt TEXT.")
+    prompts = [prompts[i % len(prompts)] for i in range(num_samples)]
+    labels = np.zeros(num_samples, np.int32)  # the "use the caption" label
+    text = dict(zip(ts.TEXT_KEYS, text_lib.encode_prompts(config, prompts)))
+  elif prompts:
+    raise ValueError("--prompts/--prompt: this model is class-conditional (config.model.context_dim "
+                     "is 0); pass --labels instead.")
+  else:
+    labels = sample_labels(seed, num_samples, model.num_classes, labels)
   from dit_jax import quality  # local: only built-in sources have a scorer
   scorer = quality.scorer((config.get("data") or {}).get("source", ""))
   if evaluate and scorer is None:
@@ -350,11 +385,12 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
   grid_images, eval_images = [], []
   with contextlib.ExitStack() as outputs:  # an npz left incomplete by an error is removed
     for start, images in iterate_samples(config, params, labels, seed=seed, progress=True,
-                                         **sampling):
+                                         text=text, **sampling):
       if not writes:
         continue
       if writer is None and output:
-        writer = outputs.enter_context(NpzWriter(output, (num_samples, *images.shape[1:]), labels))
+        writer = outputs.enter_context(
+            NpzWriter(output, (num_samples, *images.shape[1:]), labels, prompts))
       if writer is not None:
         writer.write(images)
       grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
@@ -370,7 +406,7 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
     logging.info("wrote the grid to %s", grid)
   if not evaluate:
     return {}
-  scores = scorer(np.concatenate(eval_images), labels)
+  scores = scorer(np.concatenate(eval_images), prompts or labels)
   print(json.dumps(scores, indent=1))
   if output:
     with open(os.path.splitext(output)[0] + "_quality.json", "w") as f:
@@ -416,6 +452,9 @@ def define_flags() -> None:
   flags.DEFINE_enum("sampler", None, ["ddpm", "ddim", "euler", "heun", "euler_maruyama"],
                     "Sampler (default config.sample.sampler).")
   flags.DEFINE_list("labels", None, "Classes, cycled over the samples (default: drawn at random).")
+  flags.DEFINE_string("prompts", None, "Text models: a file of prompts, one a line, cycled over "
+                      "the samples (kept in the npz as `prompts`).")
+  flags.DEFINE_multi_string("prompt", None, "Text models: a prompt (repeat the flag for more).")
   flags.DEFINE_string("grid", None, f"Grid of the first {GRID_MAX_SAMPLES} samples (.png; videos: "
                       ".gif animates it, .png shows frame strips).")
   flags.DEFINE_integer("grid_cols", 10, "Columns of the grid.")
@@ -447,11 +486,12 @@ def main(argv):
                   grid_cols=f.grid_cols, labels=f.labels, gif_dir=f.gif_dir,
                   num_steps=f.num_sampling_steps,
                   cfg_scale=f.cfg_scale, batch_size=f.batch_size)
+    prompts = (text_lib.read_prompts(f.prompts) if f.prompts else []) + list(f.prompt or [])
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   sample_to_files(
       f.workdir, num_samples=f.num_samples, output=f.output, grid=f.grid, png_dir=f.png_dir,
-      seed=f.seed, step=f.step, labels=f.labels,
+      seed=f.seed, step=f.step, labels=f.labels, prompts=prompts,
       evaluate=None if f.eval == "auto" else f.eval == "true", grid_cols=f.grid_cols,
       gif_dir=f.gif_dir,
       sampler=f.sampler, num_steps=f.num_sampling_steps, cfg_scale=f.cfg_scale,

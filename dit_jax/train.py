@@ -48,7 +48,7 @@ from dit_jax import workdir_lock  # noqa: E402
 from dit_jax.data import sources  # noqa: E402
 from dit_jax.evaluation import during_training  # noqa: E402
 
-BATCH_KEYS = ("x", "y", "skipped")
+BATCH_KEYS = ("x", "y", "skipped") + ts.TEXT_KEYS
 ENCODER_RNG_STREAM = 1  # fold_in stream of the seed key for on-the-fly VAE posterior noise
 _QUIET_LIBRARIES = ("/orbax/", "/grain/")  # their INFO lines drown the training log
 # Batches read ahead on the host, and global batches already on the devices, by a background

@@ -23,6 +23,9 @@ from dit_jax.models import dit
 
 DROPOUT_RNG = "dropout"  # the model's RNG stream for label dropout
 PARAMS_RNG = "params"
+# Batch entries of text-conditioned models, passed to the model as keyword arguments: the caption
+# as encoder outputs (B, L, D) or token ids (B, L) for a model with its own text encoder.
+TEXT_KEYS = ("context", "context_mask")
 STATE_FIELDS = ("step", "params", "ema_params", "opt_state")
 
 
@@ -111,10 +114,15 @@ def make_optimizer(config) -> optax.GradientTransformation:
   return adamw
 
 
+def _init_params(model, rng) -> dict:
+  """The model's initial parameters (logically boxed), from dummy inputs of its shapes."""
+  return model.init({PARAMS_RNG: rng}, *dit.init_inputs(model),
+                    **dit.model_kwargs_for_init(model))["params"]
+
+
 def _create_state(config, rng) -> TrainState:
   """A fresh state with logically boxed leaves (unbox before returning from jit)."""
-  model = build_model(config)
-  params = model.init({PARAMS_RNG: rng}, *dit.init_inputs(model))["params"]
+  params = _init_params(build_model(config), rng)
   # The EMA starts as an exact copy of the initial weights, as in the reference.
   ema_params = jax.tree.map(jnp.copy, params)
   opt_state = make_optimizer(config).init(params)
@@ -142,9 +150,7 @@ def abstract_train_state(config, mesh: jax.sharding.Mesh):
 
 def abstract_params(config, mesh: jax.sharding.Mesh):
   """ShapeDtypeStructs (with shardings) of the model parameters alone; no optimizer is built."""
-  model = build_model(config)
-  boxed = jax.eval_shape(
-      lambda r: model.init({PARAMS_RNG: r}, *dit.init_inputs(model))["params"], jax.random.key(0))
+  boxed = jax.eval_shape(functools.partial(_init_params, build_model(config)), jax.random.key(0))
   shardings = sharding.logical_to_shardings(boxed, mesh, _rules(config))
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       nn.unbox(boxed), shardings)
@@ -171,7 +177,8 @@ def make_train_step(config):
   """Returns the pure `train_step(state, batch, rng) -> (state, metrics)`.
 
   `rng` is the run's base key; the step's key is `fold_in(rng, state.step)`. `batch` is
-  `dict(x=[B, H, W, C] float, y=[B] int)` and optionally `skipped=[B] int` (unreadable inputs the
+  `dict(x=[B, H, W, C] float, y=[B] int)` (videos x=[B, F, H, W, C]; text models also
+  `context`, `context_mask`: TEXT_KEYS) and optionally `skipped=[B] int` (unreadable inputs the
   data pipeline replaced), whose batch total is reported as metric `skipped`. A step whose loss,
   gradient or updated parameters are non-finite leaves the state unchanged and reports
   `finite=False`, so non-finite weights never reach a checkpoint; the caller raises. (The
@@ -189,14 +196,16 @@ def make_train_step(config):
     step_rng = jax.random.fold_in(rng, state.step)
     t_rng, noise_rng, dropout_rng = jax.random.split(step_rng, 3)
     x, y = batch["x"], batch["y"]
+    text = {k: batch[k] for k in TEXT_KEYS if k in batch}  # text models: the caption
     t = objective.sample_timesteps(t_rng, x.shape[0])
     noise = jax.random.normal(noise_rng, x.shape, x.dtype)
 
     def loss_fn(params):
-      def model_fn(x_t, t, y):
+      def model_fn(x_t, t, y, **text):
         return model.apply({"params": params}, x_t, t, y, train=True,
-                           rngs={DROPOUT_RNG: dropout_rng})
-      terms = objective.training_losses(model_fn, x, t, model_kwargs=dict(y=y), noise=noise)
+                           rngs={DROPOUT_RNG: dropout_rng}, **text)
+      terms = objective.training_losses(model_fn, x, t, model_kwargs=dict(y=y, **text),
+                                        noise=noise)
       return jnp.mean(terms["loss"]), terms
 
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

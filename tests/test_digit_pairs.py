@@ -88,14 +88,14 @@ def test_elements_follow_the_spec(sk, split, seed):
   for index in (0, 1, 2, 57, 700, len(src) - 1):
     left, right, phrasing, canvas = _spec_draw(sk, split, seed, index)
     element = src[index]
-    assert set(element) == {"x", "y", "tokens", "mask", "left", "right", "skipped"}
+    assert set(element) == {"x", "y", "context", "context_mask", "left", "right", "skipped"}
     assert element["x"].dtype == np.float32 and element["x"].shape == (8, 16, 1)
     np.testing.assert_array_equal(element["x"], canvas)
     prompt = HAND_TEMPLATES[phrasing](left, right)
     assert src.prompt(index) == prompt
-    np.testing.assert_array_equal(element["tokens"], _hand_tokens(prompt))
-    np.testing.assert_array_equal(element["mask"], _hand_tokens(prompt) != 0)
-    assert element["tokens"].dtype == np.int32 and element["mask"].dtype == bool
+    np.testing.assert_array_equal(element["context"], _hand_tokens(prompt))
+    np.testing.assert_array_equal(element["context_mask"], _hand_tokens(prompt) != 0)
+    assert element["context"].dtype == np.int32 and element["context_mask"].dtype == bool
     for key, want in (("y", 0), ("left", left), ("right", right), ("skipped", 0)):
       assert element[key].dtype == np.int32 and element[key] == want
 
@@ -271,17 +271,17 @@ def test_create_dataset_batches_tokens_and_mask(train_source):
   batch = next(iter(data.create_dataset(cfg, global_batch_size=8, seed=1, process_index=0,
                                         process_count=1)))
   assert batch["x"].shape == (8, 8, 16, 1) and batch["x"].dtype == np.float32
-  assert batch["tokens"].shape == (8, 12) and batch["tokens"].dtype == np.int32
-  assert batch["mask"].shape == (8, 12) and batch["mask"].dtype == bool
+  assert batch["context"].shape == (8, 12) and batch["context"].dtype == np.int32
+  assert batch["context_mask"].shape == (8, 12) and batch["context_mask"].dtype == bool
   assert (batch["y"] == 0).all() and batch["skipped"].sum() == 0
   for i, x in enumerate(batch["x"]):
     row = rows[x.tobytes()]  # unflipped: the source's canvas, with its caption's tokens
-    for key in ("tokens", "mask", "left", "right"):
+    for key in ("context", "context_mask", "left", "right"):
       np.testing.assert_array_equal(batch[key][i], row[key])
   assert data.input_shape(CFG) == (8, 16, 1)
   wide = next(iter(data.create_dataset(dict(cfg, max_length=16), global_batch_size=2, seed=1,
                                        process_index=0, process_count=1)))
-  assert wide["tokens"].shape == (2, 16)
+  assert wide["context"].shape == (2, 16)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -27,7 +27,8 @@ The article is always "a" (also before 8), so the grammar stays one template per
   `split_indices`), so test pairs show digits the quality classifier never trained on.
 
 An element: dict(x=float32 (8, 16, 1), y=int32 0 (text models' "use the caption" label),
-tokens=int32 (max_length,), mask=bool (max_length,), left=int32, right=int32, skipped=int32 0).
+context=int32 (max_length,) token ids, context_mask=bool (max_length,) (the
+trainer passes both to the model: train_state.TEXT_KEYS), left=int32, right=int32, skipped=int32 0).
 """
 from typing import Any
 
@@ -210,7 +211,7 @@ class DigitPairsSource:
     left, right, phrasing, left_image, right_image = self.draw(index)
     x = np.concatenate([self._by_class[left][left_image], self._by_class[right][right_image]], 1)
     tokens, mask = self._tokenizer.encode([caption(left, right, phrasing)], self.max_length)
-    return dict(x=x[..., None], y=np.int32(0), tokens=tokens[0], mask=mask[0],
+    return dict(x=x[..., None], y=np.int32(0), context=tokens[0], context_mask=mask[0],
                 left=np.int32(left), right=np.int32(right), skipped=np.int32(0))
 
   def __repr__(self) -> str:

@@ -15,6 +15,9 @@ uncond + s * (cond - uncond) on the guided channels and the conditional output e
 import jax.numpy as jnp
 
 LABEL_KWARG = "y"
+# Per-example keyword arguments besides the labels (a text model's caption): doubled with the
+# batch; the model itself replaces the caption by its null text where y is the null label.
+PER_EXAMPLE_KWARGS = ("context", "context_mask")
 OFFICIAL_GUIDANCE_CHANNELS = 3
 # Guidance conventions by name (config.sample.guidance, `dit_jax.sample --guidance`) -> the
 # ``guidance_channels`` argument: the released code's 3 channels, or every prediction channel.
@@ -35,7 +38,8 @@ def guided_model_fn(model_fn, cfg_scale, null_label, guidance_channels=OFFICIAL_
   """Wraps ``model_fn`` with classifier-free guidance (scale, null label and interval may be traced).
 
   The wrapped function takes the same arguments; ``model_kwargs`` must hold the labels as ``y``.
-  Other keyword arguments (e.g. parameters) are passed unchanged to the doubled-batch call.
+  PER_EXAMPLE_KWARGS (a caption) are doubled with the batch; other keyword arguments (e.g.
+  parameters) are passed unchanged to the doubled-batch call.
   """
   def fn(x, t, **kwargs):
     if LABEL_KWARG not in kwargs:
@@ -44,6 +48,9 @@ def guided_model_fn(model_fn, cfg_scale, null_label, guidance_channels=OFFICIAL_
     batch = x.shape[0]
     t = jnp.broadcast_to(t, (batch,))
     y_null = jnp.full_like(y, null_label)
+    for key in PER_EXAMPLE_KWARGS:
+      if key in kwargs:
+        kwargs[key] = jnp.concatenate([kwargs[key], kwargs[key]])
     out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                    **{LABEL_KWARG: jnp.concatenate([y, y_null])}, **kwargs)
     cond, uncond = out[:batch], out[batch:]

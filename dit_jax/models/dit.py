@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dit_jax.models import layers
+from dit_jax.models import layers, t5
 from dit_jax.models.layers import (EMBED, MODULATION, PATCH, TEXT_TOKENS, TOKENS, Dense,
                                    layer_norm, modulate)
 
@@ -41,6 +41,7 @@ TEXT_BLOCK_TYPES = ("cross_attention", "mmdit")
 # "joint": every block attends over all tokens; "factorized": blocks alternate attention within
 # each frame ("spatial") and across frames at each patch position ("temporal"), Latte's variant 1.
 ATTENTION_LAYOUTS = ("joint", "factorized")
+TEXT_HEAD_DIM = 32  # head width of the model's own text encoder (text_vocab_size > 0)
 ADAPTIVE_BLOCKS = ("adaln_zero", "adaln")
 # Logical name of the leading layer axis of scanned parameters (no rule: replicated).
 LAYERS = "layers"
@@ -282,6 +283,9 @@ class DiT(nn.Module):
   the caption MLP ("context_embedder"); the final layer is adaLN-Zero's for both designs.
   ``context_length`` is the padded caption length, used only by ``dit_gflops`` and
   ``model_kwargs_for_init`` (0 -> 1 token for init; any L works at call time).
+  ``text_vocab_size`` > 0 gives the model its own small T5 encoder ("text_encoder",
+  ``text_encoder_layers`` layers of width ``context_dim``, trained jointly with the DiT): its
+  ``context`` is then token ids (B, L), as the digit-pairs default trains.
 
   Non-square inputs: ``input_width`` > 0 is the width W, with ``input_size`` the height H
   (0: square, W = H, the official case). Both must be multiples of ``patch_size``; tokens stay
@@ -310,6 +314,8 @@ class DiT(nn.Module):
   context_dim: int = 0
   context_length: int = 0
   input_width: int = 0
+  text_vocab_size: int = 0
+  text_encoder_layers: int = 2
 
   @property
   def out_channels(self) -> int:
@@ -388,6 +394,22 @@ class DiT(nn.Module):
         carry = block(name=f"blocks_{i}", **kw)(carry, *args)
     return carry[0] if mmdit else carry  # mmdit: the text stream ends here
 
+  def _encode_text(self, ids: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Token ids (B, L) -> (B, L, context_dim) by the model's own T5 encoder ("text_encoder",
+    trained with the DiT: ``text_vocab_size`` > 0), 32-wide heads, gated-GELU MLP 2x wide."""
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"context of shape {ids.shape} ({ids.dtype}): a DiT with its own text "
+                       f"encoder (text_vocab_size={self.text_vocab_size}) takes token ids (B, L) "
+                       "as context.")
+    if mask is None:
+      mask = jnp.ones(ids.shape, bool)
+    encoder = t5.T5Encoder(
+        vocab_size=self.text_vocab_size, d_model=self.context_dim, d_kv=TEXT_HEAD_DIM,
+        d_ff=2 * self.context_dim, num_layers=self.text_encoder_layers,
+        num_heads=max(1, self.context_dim // TEXT_HEAD_DIM), feed_forward_proj="gated-gelu",
+        dtype=self.dtype, param_dtype=self.param_dtype, name="text_encoder")
+    return encoder(ids, mask)
+
   def _caption(self, context: jax.Array | None, context_mask: jax.Array | None,
                null: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Caption tokens (B, L, D) and the number of real tokens (B,) int32.
@@ -400,6 +422,8 @@ class DiT(nn.Module):
       raise ValueError(f"DiT with context_dim={self.context_dim} is a text model: call it with "
                        "context=(B, L, context_dim) text-encoder outputs and context_mask=(B, L).")
     context = jnp.asarray(context)
+    if self.text_vocab_size:
+      context = self._encode_text(context, context_mask)
     if context.ndim != 3 or context.shape[-1] != self.context_dim:
       raise ValueError(f"context of shape {context.shape} does not match (B, L, "
                        f"context_dim={self.context_dim}); encode captions with a text encoder of "
@@ -559,12 +583,14 @@ def init_inputs(model: DiT, batch_size: int = 1):
 
 def model_kwargs_for_init(model: DiT, batch_size: int = 1) -> dict:
   """{} for class models; for text models dummy ``context`` (B, max(context_length, 1),
-  context_dim) float32 and an all-True ``context_mask``."""
+  context_dim) float32 (token ids (B, L) int32 with ``text_vocab_size``) and an all-True
+  ``context_mask``."""
   if not model.context_dim:
     return {}
   length = max(model.context_length, 1)
-  return dict(context=jnp.zeros((batch_size, length, model.context_dim), jnp.float32),
-              context_mask=jnp.ones((batch_size, length), bool))
+  context = (jnp.zeros((batch_size, length), jnp.int32) if model.text_vocab_size
+             else jnp.zeros((batch_size, length, model.context_dim), jnp.float32))
+  return dict(context=context, context_mask=jnp.ones((batch_size, length), bool))
 
 
 def build_model(model_cfg: Mapping) -> DiT:
