@@ -15,29 +15,19 @@ Launch:
   python -m dit_jax.sample --workdir workdirs/digit_pairs --prompt "a 3 to the left of a 7" \
       --num_samples 8 --grid workdirs/digit_pairs/grid.png
 """
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from dit_jax import config_files
 
 MAX_LENGTH = 12  # tokens per caption (the longest has 9 words and the end token)
 VOCAB_SIZE = 23  # the digit-pairs word tokenizer: 3 special tokens and 20 words
-
-
-def _digits_config(arg: str | None) -> ml_collections.ConfigDict:
-  """configs/digits.py's config, imported by path (configs/ need not be on sys.path)."""
-  spec = importlib.util.spec_from_file_location(
-      "dit_jax_configs_digits", pathlib.Path(__file__).with_name("digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the digit-pairs config; `arg="smoke"` gives a tiny, few-step variant for tests."""
   if arg not in (None, "", "smoke"):
     raise ValueError(f"configs/digit_pairs.py: unknown argument {arg!r}; use no argument or 'smoke'.")
-  config = _digits_config(arg)
+  config = config_files.sibling(__file__, "digits", arg)
   config.model.update(input_size=8, input_width=16, num_classes=1, block_type="cross_attention",
                       context_dim=64, context_length=MAX_LENGTH, text_vocab_size=VOCAB_SIZE,
                       text_encoder_layers=2)

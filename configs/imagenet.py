@@ -20,7 +20,7 @@ Launch (every host of a TPU pod runs the same command; jax.distributed starts it
 """
 import ml_collections
 
-from dit_jax import sharding
+from dit_jax import config_files, sharding
 
 VAE_LATENT_SCALE = 0.18215
 VAE_DOWNSAMPLE = 8
@@ -32,19 +32,7 @@ _DEFAULTS = dict(variant="XL/2", res="256", source="latents")
 
 def parse_arg(arg: str | None) -> dict:
   """Parses `key=value,...,smoke` into a dict (values are strings; `smoke` -> "1")."""
-  out = dict(_DEFAULTS, smoke="")
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep and key == "smoke":
-      out["smoke"] = "1"
-    elif sep and key in _DEFAULTS:
-      out[key] = value.strip()
-    else:
-      raise ValueError(
-          f"configs/imagenet.py: cannot parse {item!r} in {arg!r}; use comma-separated "
-          f"key=value with keys {sorted(_DEFAULTS)} and optionally the word 'smoke'.")
-  return out
+  return config_files.parse_arg(arg, _DEFAULTS, "imagenet")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

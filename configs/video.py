@@ -21,39 +21,18 @@ Launch (a pod: every host runs the same command), and the ahead-of-time check of
       --workdir gs://BUCKET/video-xl2 --config.data.data_dir=gs://BUCKET/video-latents
   python -m dit_jax.aot --config configs/video.py:variant=XL/2,frames=16 --topology v5p:4x4x4
 """
-import importlib.util
-import pathlib
-
 import ml_collections
+
+from dit_jax import config_files
 
 LAYOUTS = ("joint", "factorized")
 SOURCES = ("latents", "videofolder")
 _DEFAULTS = dict(variant="XL/2", frames="16", res="256", pt="1", layout="joint", source="latents")
 
 
-def _imagenet():
-  """configs/imagenet.py, imported by path (configs/ need not be on sys.path)."""
-  spec = importlib.util.spec_from_file_location(
-      "dit_jax_configs_imagenet", pathlib.Path(__file__).with_name("imagenet.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def parse_arg(arg: str | None) -> dict:
   """Parses `key=value,...,smoke` into a dict of strings (`smoke` -> "1")."""
-  out = dict(_DEFAULTS, smoke="")
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep and key == "smoke":
-      out["smoke"] = "1"
-    elif sep and key in _DEFAULTS:
-      out[key] = value.strip()
-    else:
-      raise ValueError(
-          f"configs/video.py: cannot parse {item!r} in {arg!r}; use comma-separated key=value "
-          f"with keys {sorted(_DEFAULTS)} and optionally the word 'smoke'.")
+  out = config_files.parse_arg(arg, _DEFAULTS, "video")
   if out["layout"] not in LAYOUTS:
     raise ValueError(f"configs/video.py: layout={out['layout']!r} is not one of {LAYOUTS}.")
   if out["source"] not in SOURCES:
@@ -64,9 +43,8 @@ def parse_arg(arg: str | None) -> dict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the latent video config for `arg` (see the module docstring)."""
   args = parse_arg(arg)
-  imagenet = _imagenet()
-  config = imagenet.get_config(f"variant={args['variant']},res={args['res']}"
-                               + (",smoke" if args["smoke"] else ""))
+  config = config_files.sibling(__file__, "imagenet", f"variant={args['variant']},res={args['res']}"
+                                + (",smoke" if args["smoke"] else ""))
   frames, pt = int(args["frames"]), int(args["pt"])
   config.model.update(num_frames=frames, temporal_patch_size=pt, attention_layout=args["layout"],
                       remat_policy="nothing_saveable", scan_blocks=True)

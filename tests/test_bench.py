@@ -19,7 +19,7 @@ import sys
 import jax
 import pytest
 
-from dit_jax import bench
+from dit_jax import bench, flops, train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "grain", "clu")
@@ -152,3 +152,17 @@ def test_loop_mode_reports_the_loop_next_to_the_step(devices):
 def test_loop_mode_needs_a_warmup_window():
   with pytest.raises(ValueError, match="--warmup=0: loop mode needs at least 1"):
     bench.run_loop(smoke_config(), batch_per_device=1, steps=1, warmup=0)
+
+
+def test_video_shapes(devices):
+  """The benchmark times video models as it does images (issue 15): videos (B, F, H, W, C),
+  Gflops per video from the model's own count."""
+  spec = importlib.util.spec_from_file_location("video_config", ROOT / "configs/video.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke,layout=factorized,pt=2")
+  r = bench.run_train(config, batch_per_device=1, steps=1, warmup=1)
+  model = train_state.build_model(config)
+  assert model.input_shape == (4, 8, 8, 4) and model.attention_layout == "factorized"
+  assert r["model_gflops_per_image"] == pytest.approx(flops.dit_gflops(model))
+  assert math.isfinite(r["loss"]) and r["global_batch_size"] == len(devices)

@@ -23,16 +23,26 @@ NOTEBOOK = ROOT / "notebooks" / "sample.ipynb"
 PARAMETERS_TAG = "parameters"
 
 
-def _digits_smoke_config():
+def _smoke_config(name: str):
   import importlib.util
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
+  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config("smoke")
 
 
-def test_sample_notebook_executes(tmp_path):
-  config = _digits_smoke_config()
+# (config, the printed shape of the 6 samples, the quality keys printed, the displayed formats)
+CASES = {
+    "digits": ("(6, 8, 8, 1) uint8", ("'accuracy'", "'fd'"), ("image/png",)),
+    "moving_digits": ("(6, 8, 16, 16, 1) uint8", ("'frame_accuracy'", "'identity'"),
+                      ("image/png", "image/gif")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sample_notebook_executes(tmp_path, name):
+  shape, scores, formats = CASES[name]
+  config = _smoke_config(name)
   state = ts.init_train_state(config, sharding.create_mesh({"data": -1}), jax.random.key(0))
   checkpoint.save_params_only(str(tmp_path / "run"), config, state.ema_params)
 
@@ -50,10 +60,11 @@ def test_sample_notebook_executes(tmp_path):
 
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
-  assert any("image/png" in o.get("data", {}) for o in outputs), "the grid was not displayed"
+  for kind in formats:
+    assert any(kind in o.get("data", {}) for o in outputs), f"no {kind} grid was displayed"
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-  assert "(6, 8, 8, 1) uint8" in text and "VAE None" in text
-  assert "'accuracy'" in text and "'fd'" in text
+  assert shape in text and "VAE None" in text
+  assert all(score in text for score in scores), text
 
 
 def _cell(nb, heading: str):
