@@ -390,7 +390,8 @@ def sample_to_files(workdir: str, *, num_samples: int, output: str | None = None
         continue
       if writer is None and output:
         writer = outputs.enter_context(
-            NpzWriter(output, (num_samples, *images.shape[1:]), labels, prompts))
+            NpzWriter(output, (num_samples, *images.shape[1:]), labels,
+                      prompts if text is not None else None))
       if writer is not None:
         writer.write(images)
       grid_images.append(images[:max(0, GRID_MAX_SAMPLES - start)])
