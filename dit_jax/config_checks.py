@@ -54,14 +54,14 @@ def _check_model(config) -> None:
         f"config.model.input_width={width} must be 0 (square: the width is input_size) or a "
         f"positive multiple of config.model.patch_size={patch}; pad or crop the width to a "
         f"multiple of {patch}, or choose a patch size that divides it.")
-  from dit_jax.models import dit, layers  # local, as in model_kwargs
+  from dit_jax.models import blocks, layers  # local, as in model_kwargs
   impl = kw.get("attention_impl", "auto")
   if impl not in layers.ATTENTION_IMPLS:
     raise ConfigError(
         f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
         f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
   video = types.SimpleNamespace(**{**_VIDEO_DEFAULTS, **kw})
-  problems = dit.video_problems(video)
+  problems = blocks.video_problems(video)
   if problems:
     raise ConfigError("config.model." + "; config.model.".join(problems) + ".")
   width, heads = kw["hidden_size"], kw["num_heads"]

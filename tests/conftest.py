@@ -39,3 +39,18 @@ def devices():
   devs = jax.devices()
   assert len(devs) == 8, f"expected 8 fake CPU devices, got {len(devs)}: set XLA_FLAGS before importing jax"
   return devs
+
+
+@pytest.fixture(scope="module")
+def fresh_classifier_cache(tmp_path_factory):
+  """A fresh $DIT_JAX_CACHE for a module: the digit classifier of dit_jax.quality is trained
+  there (deterministically) once and reused, and the in-process caches are cleared around it."""
+  from dit_jax import quality  # pylint: disable=import-outside-toplevel
+  mp = pytest.MonkeyPatch()
+  mp.setenv(quality.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+  quality.load_classifier.cache_clear()
+  quality.real_reference.cache_clear()
+  yield
+  mp.undo()
+  quality.load_classifier.cache_clear()
+  quality.real_reference.cache_clear()

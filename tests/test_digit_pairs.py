@@ -30,15 +30,7 @@ HAND_IDS = {w: i for i, w in enumerate(
     "<pad> </s> <unk> 0 1 2 3 4 5 6 7 8 9 a to the left of right and followed by then".split())}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-  # A fresh cache directory: the classifier is trained (deterministically) then reused.
-  mp = pytest.MonkeyPatch()
-  mp.setenv(quality.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-  quality.load_classifier.cache_clear()
-  yield
-  mp.undo()
-  quality.load_classifier.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_classifier_cache")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from configs import digits
-from dit_jax import config_checks, downloads, evaluate, sample, sharding, sweep, train
+from dit_jax import config_checks, downloads, evaluate, sample_outputs, sharding, sweep, train
 from dit_jax.evaluation import features, inception, npz_images, reference, scores
 import fid_oracle  # tests/ is on sys.path (pytest rootdir-relative conftest)
 
@@ -51,7 +51,7 @@ def digit_images():
 def test_npz_images_reads_rows_of_savez_writer_and_compressed_files(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (10, 5, 6, 3), dtype=np.uint8)
   np.savez(tmp_path / "a.npz", images, labels=np.arange(10))
-  with sample.NpzWriter(str(tmp_path / "b.npz"), images.shape, np.arange(10)) as writer:
+  with sample_outputs.NpzWriter(str(tmp_path / "b.npz"), images.shape, np.arange(10)) as writer:
     writer.write(images[:4])
     writer.write(images[4:])
   np.savez_compressed(tmp_path / "c.npz", images)
@@ -166,7 +166,7 @@ def test_cli_make_reference_then_evaluate(tmp_path, weights_file, digit_images):
   subprocess.run([sys.executable, "-m", "dit_jax.evaluate", f"--make_reference={ref}",
                   "--data=digits", f"--num_images={NUM}", f"--inception_weights={weights_file}"],
                  cwd=ROOT, env=env, check=True, capture_output=True)
-  with sample.NpzWriter(str(tmp_path / "s.npz"), (NUM, 8, 8, 1), np.zeros(NUM, np.int32)) as w:
+  with sample_outputs.NpzWriter(str(tmp_path / "s.npz"), (NUM, 8, 8, 1), np.zeros(NUM, np.int32)) as w:
     w.write(digit_images[:NUM])
   proc = subprocess.run(
       [sys.executable, "-m", "dit_jax.evaluate", f"--samples={tmp_path / 's.npz'}",

@@ -21,7 +21,7 @@ import pytest
 import torch
 from flax import linen as nn
 
-from dit_jax import checkpoint, convert, grids, sample, sharding
+from dit_jax import checkpoint, convert, grids, sample, sample_outputs, sharding
 from dit_jax import train_state as ts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -142,13 +142,13 @@ def test_npz_writer_streams_batches(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
   labels = np.arange(10, dtype=np.int32)
-  with sample.NpzWriter(str(tmp_path / "a.npz"), images.shape, labels) as writer:
+  with sample_outputs.NpzWriter(str(tmp_path / "a.npz"), images.shape, labels) as writer:
     for start in range(0, 10, 4):
       writer.write(images[start:start + 4])
   with np.load(tmp_path / "a.npz") as npz:
     np.testing.assert_array_equal(npz["arr_0"], images)
     np.testing.assert_array_equal(npz["labels"], labels)
-  writer = sample.NpzWriter(str(tmp_path / "b.npz"), images.shape, labels)
+  writer = sample_outputs.NpzWriter(str(tmp_path / "b.npz"), images.shape, labels)
   writer.write(images[:3])
   with pytest.raises(ValueError, match="missing"):
     writer.close()
@@ -252,7 +252,7 @@ def test_cli_refuses_bad_flags_before_restoring(tmp_path, flags, message):
 
 def test_npz_writer_removes_an_incomplete_file(tmp_path):
   with pytest.raises(RuntimeError, match="interrupted"):
-    with sample.NpzWriter(str(tmp_path / "a.npz"), (4, 2, 2, 1), np.arange(4)) as writer:
+    with sample_outputs.NpzWriter(str(tmp_path / "a.npz"), (4, 2, 2, 1), np.arange(4)) as writer:
       writer.write(np.zeros((2, 2, 2, 1), np.uint8))
       raise RuntimeError("interrupted")
   assert not (tmp_path / "a.npz").exists()

@@ -25,7 +25,8 @@ from flax import linen as nn
 
 from dit_jax import sharding
 from dit_jax.flops import dit_gflops
-from dit_jax.models.dit import DiT, DiTBlock, MMDiTBlock, init_inputs, model_kwargs_for_init
+from dit_jax.models.blocks import DiTBlock, MMDiTBlock
+from dit_jax.models.dit import DiT, init_inputs, model_kwargs_for_init
 
 E, L = 12, 6  # text-encoder width, padded caption length
 TINY = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=4,

@@ -20,7 +20,8 @@ from flax import linen as nn
 from dit_jax import config_checks, flops, sharding
 from dit_jax import train_state as ts
 from dit_jax.models import layers
-from dit_jax.models.dit import BLOCK_TYPES, DiT, DiTBlock, init_inputs, unpatchify
+from dit_jax.models.blocks import BLOCK_TYPES, DiTBlock
+from dit_jax.models.dit import DiT, init_inputs, unpatchify
 
 TINY = dict(input_size=8, patch_size=2, in_channels=1, hidden_size=32, depth=2, num_heads=4,
             num_classes=5)

@@ -15,15 +15,7 @@ CANVAS = 16
 FRAMES = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _cache_dir(tmp_path_factory):
-  # A fresh cache directory: the classifier is trained (deterministically) then reused.
-  mp = pytest.MonkeyPatch()
-  mp.setenv(quality.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-  quality.load_classifier.cache_clear()
-  yield
-  mp.undo()
-  quality.load_classifier.cache_clear()
+pytestmark = pytest.mark.usefixtures("fresh_classifier_cache")
 
 
 @pytest.fixture(scope="module")

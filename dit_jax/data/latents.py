@@ -19,7 +19,6 @@ reader, which reads local files and, in the array_record releases that bundle ri
 GcsReader (0.8.6 here), gs:// objects with Application Default Credentials; other schemes
 (s3://, ...) it cannot open, and the source says so.
 """
-import json
 from typing import Any
 
 import grain
@@ -54,18 +53,13 @@ def decode_record(record: bytes, shape: tuple[int, ...], dtype: np.dtype) -> tup
 
 
 def read_meta(cache_dir: str) -> dict:
-  path = sources.as_path(cache_dir) / META_FILE
-  if not path.exists():
-    raise sources.DataDirError(
-        cache_dir, f"no latent cache there ({META_FILE} missing); build it with "
-        "`python -m dit_jax.data.precompute_latents --output DIR ...`.")
-  return json.loads(path.read_text())
+  return sources.read_json(
+      cache_dir, META_FILE, f"no latent cache there ({META_FILE} missing); build it with "
+      "`python -m dit_jax.data.precompute_latents --output DIR ...`.")
 
 
 def write_meta(cache_dir: str, meta: dict) -> None:
-  path = sources.as_path(cache_dir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / META_FILE).write_text(json.dumps(meta, indent=2))
+  sources.write_json(cache_dir, META_FILE, meta)
 
 
 def cache_dir_from_config(data_cfg: Any) -> str:

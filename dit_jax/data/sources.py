@@ -10,6 +10,7 @@ Data directories may be local or in a bucket (gs://, s3://, ...): sources reach 
 etils.epath, the file layer TFDS and Orbax use (tf.io.gfile when TensorFlow is installed, else
 fsspec).
 """
+import json
 import logging
 from typing import Any
 
@@ -68,6 +69,22 @@ def as_path(path: str) -> epath.Path:
   except KeyError as e:  # epath looks the scheme up in its registry
     raise DataDirError(path, "no file layer for this scheme (etils.epath reads local paths, "
                              "gs://, s3://, az:// and hf://).") from e
+
+
+def read_json(data_dir: str, name: str, missing: str) -> dict:
+  """`data_dir/name` parsed as JSON (the meta.json of a cache); DataDirError(data_dir, missing)
+  when the file is absent."""
+  path = as_path(data_dir) / name
+  if not path.exists():
+    raise DataDirError(data_dir, missing)
+  return json.loads(path.read_text())
+
+
+def write_json(data_dir: str, name: str, value: dict) -> None:
+  """Writes `value` as indented JSON to `data_dir/name`, creating the directory."""
+  path = as_path(data_dir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / name).write_text(json.dumps(value, indent=2))
 
 
 class DigitsSource:

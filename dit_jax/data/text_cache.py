@@ -17,7 +17,6 @@ caption file's hash; a rerun with other settings is refused rather than mixing s
 The directory may be local or gs://: meta.json and the markers go through etils.epath, the
 shards through ArrayRecord's reader (see latents.py for which schemes it opens).
 """
-import json
 
 import grain
 import ml_dtypes
@@ -62,18 +61,13 @@ def decode_record(record: bytes, d_model: int, dtype: np.dtype) -> tuple[int, np
 
 
 def read_meta(cache_dir: str) -> dict:
-  path = sources.as_path(cache_dir) / META_FILE
-  if not path.exists():
-    raise sources.DataDirError(
-        cache_dir, f"no prompt-embedding cache there ({META_FILE} missing); build it with "
-        "`python -m dit_jax.data.precompute_text --captions FILE --output DIR ...`.")
-  return json.loads(path.read_text())
+  return sources.read_json(
+      cache_dir, META_FILE, f"no prompt-embedding cache there ({META_FILE} missing); build it "
+      "with `python -m dit_jax.data.precompute_text --captions FILE --output DIR ...`.")
 
 
 def write_meta(cache_dir: str, meta: dict) -> None:
-  path = sources.as_path(cache_dir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / META_FILE).write_text(json.dumps(meta, indent=2))
+  sources.write_json(cache_dir, META_FILE, meta)
 
 
 def open_cache(cache_dir: str) -> tuple[dict, list[str]]:
