@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       variant=args["variant"], input_size=res // VAE_DOWNSAMPLE, in_channels=LATENT_CHANNELS,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True,
       block_type="adaln_zero", dtype="bfloat16", param_dtype="float32",
-      remat_policy="none", scan_blocks=False, attention_impl="auto")
+      remat_policy="none", scan_blocks=False, attention_impl="auto", split_qkv=False)
   config.num_train_steps = 400_000
   config.global_batch_size = 256
   config.learning_rate = 1e-4
@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
+  config.adam_mu_dtype = "float32"  # "bfloat16": half the first moment's memory and traffic
 
   config.diffusion = dict(
       objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,

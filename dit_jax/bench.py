@@ -46,9 +46,11 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
-from dit_jax import config_checks, diffusion, flops, paths, sharding, train_state
+from dit_jax import (config_checks, diffusion, flops, paths, profile_summary, sharding,
+                     train_state)
 
 MODES = ("train", "sample", "loop")
+PROFILE_STEPS = 3  # train steps traced with --profile, after the timed ones
 # Library versions printed with every result (those present in its "versions").
 VERSION_KEYS = ("jax", "jaxlib", "flax", "torch", "diffusers", "cuda", "python")
 
@@ -151,8 +153,11 @@ def _prepare(config, batch_per_device: int):
   return mesh, sharding.rules_from_config(config.get("logical_axis_rules"))
 
 
-def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dict:
-  """Times ``steps`` train steps after compile and ``warmup`` steps; returns the result dict."""
+def run_train(config, batch_per_device: int, steps: int, warmup: int = 2,
+              profile_dir: str | None = None) -> dict:
+  """Times ``steps`` train steps after compile and ``warmup`` steps; returns the result dict.
+  With ``profile_dir``, PROFILE_STEPS more steps are traced there afterwards (not timed) and the
+  result's "profile" says which kernels took the device time (``dit_jax.profile_summary``)."""
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
   mesh, _ = _prepare(config, batch_per_device)
@@ -174,11 +179,21 @@ def run_train(config, batch_per_device: int, steps: int, warmup: int = 2) -> dic
     if i >= warmup:
       times.append(timer.elapsed())
   cpu_per_step = (time.process_time() - cpu_start) / steps
+  extra = {}
+  if profile_dir:
+    try:
+      with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+        for _ in range(PROFILE_STEPS):
+          state, metrics = jax.block_until_ready(compiled(state, batch, rng))
+      extra["profile"] = profile_summary.summarize_dir(profile_dir)
+    except Exception as e:  # pylint: disable=broad-except  (the timing above still stands)
+      extra["profile_error"] = f"{type(e).__name__}: {e}"
+      print(f"bench: profiling failed, timings kept: {extra['profile_error']}", file=sys.stderr)
   gflops = model_gflops(config)
   stats = summarize(times)
   tp = throughput(config.global_batch_size, stats["mean"], 3 * 2 * gflops * 1e9)
   return _result("train", config, mesh, batch_per_device, steps, warmup, compile_s, stats, tp, gflops,
-                 loss=float(metrics["loss"]), process_cpu_s_per_step=cpu_per_step)
+                 loss=float(metrics["loss"]), process_cpu_s_per_step=cpu_per_step, **extra)
 
 
 def run_loop(config, batch_per_device: int, steps: int, warmup: int = 2) -> dict:
@@ -301,8 +316,19 @@ def format_result(r: dict) -> str:
       *([f"  step mode: images/s {r['step_images_per_s']:.2f}, process CPU "
          f"{r['step_process_cpu_s_per_step']:.3f} s/step; loop/step {r['loop_vs_step']:.3f}"]
         if r["mode"] == "loop" else []),
+      *format_profile(r.get("profile", {})),
       "  " + ", ".join(f"{k} {v[k]}" for k in VERSION_KEYS if k in v),
   ])
+
+
+def format_profile(profile: dict, top: int = 8) -> list[str]:
+  """The busiest device line's ``top`` kernels, one line each (share of that line's time)."""
+  if not profile:
+    return []
+  line, busiest = max(profile.items(), key=lambda kv: kv[1]["total_us"])
+  return [f"  profile {line}: {busiest['total_us'] / 1e3:.1f} ms over {PROFILE_STEPS} steps"] + [
+      f"    {100 * share:5.1f}% {us / 1e3:8.2f} ms x{n:<5d} {name[:90]}"
+      for name, us, n, share in busiest["top"][:top]]
 
 
 def define_flags() -> None:
@@ -319,6 +345,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_sampling_steps", 250, "Sampler steps (sample mode).")
   flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale (sample mode).")
   flags.DEFINE_string("json", None, "Also write the result as JSON to this file.")
+  flags.DEFINE_string("profile", None, "Train mode: trace a few more steps into this directory "
+                      "(TensorBoard / Perfetto) and report the top kernels by device time.")
   flags.mark_flags_as_required(["config"])
 
 
@@ -331,7 +359,7 @@ def main(argv: Any) -> None:
     except ValueError as e:
       raise app.UsageError(str(e)) from e
   if f.mode == "train":
-    result = run_train(f.config, f.batch_per_device, f.steps, f.warmup)
+    result = run_train(f.config, f.batch_per_device, f.steps, f.warmup, f.profile)
   elif f.mode == "loop":
     result = run_loop(f.config, f.batch_per_device, f.steps, f.warmup)
   else:

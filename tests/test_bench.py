@@ -19,7 +19,7 @@ import sys
 import jax
 import pytest
 
-from dit_jax import bench, flops, train_state
+from dit_jax import bench, flops, profile_summary, train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "grain", "clu")
@@ -63,7 +63,7 @@ def test_train_cli_json_without_heavy_modules(tmp_path):
   out = tmp_path / "bench.json"
   steps, per_device = 2, 2
   argv = ["--config", SMOKE, "--batch_per_device", str(per_device), "--steps", str(steps),
-          "--warmup", "1", "--json", str(out)]
+          "--warmup", "1", "--json", str(out), "--profile", str(tmp_path / "profile")]
   code = _BLOCKED_RUN.format(blocked=HEAVY_MODULES, argv=argv)
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ),
                         capture_output=True, text=True, timeout=300)
@@ -89,6 +89,24 @@ def test_train_cli_json_without_heavy_modules(tmp_path):
   v = r["versions"]
   assert (v["jax"], v["device_count"], v["platform"]) == (jax.__version__, n, "cpu")
   assert "python -m dit_jax.bench" in r["command"]
+  # The profiled steps left a trace; a CPU run has no device lines to summarize.
+  assert profile_summary.latest_trace(str(tmp_path / "profile")) and r["profile"] == {}
+
+
+def test_profile_summary_totals_device_time_per_kernel():
+  meta = [dict(ph="M", pid=1, name="process_name", args=dict(name="/host:CPU")),
+          dict(ph="M", pid=2, name="process_name", args=dict(name="/device:GPU:0")),
+          dict(ph="M", pid=2, tid=7, name="thread_name", args=dict(name="XLA Ops"))]
+  ops = [("gemm", 30.0), ("attention", 10.0), ("gemm", 50.0), ("layer_norm", 10.0)]
+  events = meta + [dict(ph="X", pid=2, tid=7, name=n, ts=i, dur=d) for i, (n, d) in enumerate(ops)]
+  events.append(dict(ph="X", pid=1, tid=3, name="python", ts=0, dur=1e6))  # host: left out
+  summary = profile_summary.summarize(events, top=2)
+  assert list(summary) == ["/device:GPU:0 / XLA Ops"]
+  line = summary["/device:GPU:0 / XLA Ops"]
+  assert (line["total_us"], line["events"]) == (100.0, 4)
+  assert line["top"] == [["gemm", 80.0, 2, 0.8], ["attention", 10.0, 1, 0.1]]
+  text = "\n".join(bench.format_profile(summary))
+  assert "80.0%" in text and "gemm" in text
 
 
 def test_sample_mode(devices):

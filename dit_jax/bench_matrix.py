@@ -1,0 +1,111 @@
+"""Several benchmark runs in one process: the GPU lever matrix of docs/benchmarks.md.
+
+  python -m dit_jax.bench_matrix --config configs/imagenet.py:variant=XL/2,res=256 \
+      --json matrix.json --profile /tmp/profile \
+      --run default:128 --run split_qkv:128:model.split_qkv=True \
+      --run adam_mu_bf16:128:adam_mu_dtype=bfloat16 --run sample:32:mode=sample
+
+Each ``--run NAME:BATCH[:KEY=VALUE,...]`` is one ``dit_jax.bench`` run (train mode unless
+``mode=sample``) on a fresh copy of the config with the overrides applied (dotted keys as on the
+command line; values parsed as Python literals, else kept as strings). Runs go one after the
+other in this process, which pays the imports once and, on a machine with minutes of device time,
+leaves only compiles and timed steps. After every run the whole list so far is written to
+``--json`` (a crash or a timeout keeps what finished) and one summary line is printed. A run that
+fails (out of memory at a large batch, say) is recorded with its error and the next one starts.
+``--profile DIR`` traces the first train run (``bench.run_train(profile_dir=...)``).
+"""
+import ast
+import copy
+import sys
+import traceback
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from dit_jax import bench, paths
+
+
+def parse_run(spec: str) -> tuple[str, int, dict]:
+  """"NAME:BATCH[:K=V,K=V]" -> (name, batch per device, {dotted key: value})."""
+  parts = spec.split(":", 2)
+  if len(parts) < 2 or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
+    raise ValueError(f"--run={spec!r}: give NAME:BATCH_PER_DEVICE[:KEY=VALUE,...], e.g. "
+                     "split_qkv:128:model.split_qkv=True")
+  overrides = {}
+  for item in filter(None, (parts[2] if len(parts) == 3 else "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--run={spec!r}: override {item!r} is not KEY=VALUE.")
+    try:
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  return parts[0], int(parts[1]), overrides
+
+
+def run_one(base_config, name: str, batch: int, overrides: dict, steps: int,
+            profile_dir: str | None) -> dict:
+  """One bench run of ``base_config`` with ``overrides``; returns its result or its error."""
+  overrides = dict(overrides)
+  mode = overrides.pop("mode", "train")
+  config = copy.deepcopy(base_config)
+  try:
+    config.update_from_flattened_dict(overrides)
+    if mode == "sample":
+      result = bench.run_sample(config, batch, repeats=1)
+    else:
+      result = bench.run_train(config, batch, steps, profile_dir=profile_dir)
+  except Exception as e:  # pylint: disable=broad-except  (recorded; the next run goes on)
+    traceback.print_exc()
+    return dict(name=name, batch_per_device=batch, overrides=overrides, mode=mode,
+                error=f"{type(e).__name__}: {str(e)[:2000]}")
+  return dict(result, name=name, overrides=overrides)
+
+
+def summary_line(r: dict) -> str:
+  if "error" in r:
+    return f"[{r['name']}] batch {r['batch_per_device']}: FAILED {r['error'][:200]}"
+  mem = r["peak_memory_bytes"]
+  mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+  return (f"[{r['name']}] {r['mode']} batch {r['batch_per_device']}: "
+          f"{r['images_per_s_per_device']:.1f} images/s/device, MFU {mfu}, step "
+          f"{1e3 * r['step_time_s']['mean']:.1f} ms, compile {r['compile_s']:.0f} s, peak "
+          f"{'n/a' if mem is None else f'{mem / 1024**3:.1f} GiB'}")
+
+
+def define_flags() -> None:
+  config_flags.DEFINE_config_file("config", None, "Experiment config file[:args].",
+                                  lock_config=False)
+  flags.DEFINE_multi_string("run", None, "NAME:BATCH_PER_DEVICE[:KEY=VALUE,...]; repeatable.")
+  flags.DEFINE_integer("steps", 10, "Timed train steps per run.", lower_bound=1)
+  flags.DEFINE_string("json", None, "All results so far, rewritten after every run.")
+  flags.DEFINE_string("profile", None, "Trace the first train run here (see bench --profile).")
+  flags.mark_flags_as_required(["config", "run", "json"])
+
+
+def main(argv: Any) -> None:
+  del argv
+  f = flags.FLAGS
+  try:
+    runs = [parse_run(spec) for spec in f.run]
+    paths.prepare_output_file(f.json, "--json")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  results, profile_dir = [], f.profile
+  for name, batch, overrides in runs:
+    profiled = profile_dir if overrides.get("mode", "train") == "train" else None
+    result = run_one(f.config, name, batch, overrides, f.steps, profiled)
+    if profiled and "error" not in result:
+      profile_dir = None  # only the first train run that worked is traced
+    results.append(result)
+    print(summary_line(result), flush=True)
+    for line in bench.format_profile(result.get("profile", {}), top=15):
+      print(line, flush=True)
+    bench.write_json(results, f.json)
+  sys.exit(1 if all("error" in r for r in results) else 0)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
