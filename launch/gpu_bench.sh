@@ -11,7 +11,7 @@
 # Then on the GPU machine, from the repository root:  OUT=results bash launch/gpu_bench.sh
 set -u
 OUT=${OUT:-gpu_bench_results}
-BUDGET_S=${BUDGET_S:-520}  # the whole script; the last lever runs get what is left
+BUDGET_S=${BUDGET_S:-555}  # the whole script; the last lever runs get what is left
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
@@ -35,8 +35,8 @@ echo "== dit_jax levers and sampling (${LEFT} s left)" | log
 timeout $LEFT python3 -m dit_jax.bench_matrix --config $C --json "$OUT/jax_levers.json" \
   --run sample:32:mode=sample \
   --run split_qkv:128:model.split_qkv=True \
-  --run adam_mu_bf16:128:adam_mu_dtype=bfloat16 \
   --run batch256:256 \
+  --run adam_mu_bf16:128:adam_mu_dtype=bfloat16 \
   --run all_levers_b256:256:model.split_qkv=True,adam_mu_dtype=bfloat16 \
   --run remat_named_b256:256:model.remat_policy=qkv_attention_mlp_saveable 2>&1 | log
 
