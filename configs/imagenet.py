@@ -90,6 +90,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="official",
                      batch_size=0, seed=0)
 
+  # Parameters, EMA and Adam state sharded over all chips (fsdp=-1). For XL/2 the compiler's
+  # estimates favour it over pure data parallel (data=-1, fsdp=1) on v5p-128 and v5e-16, and
+  # over FSDP in 4-chip groups (data=-1, fsdp=4) on v5p-128 (a tie on v5e-16): see
+  # docs/benchmarks.md, "TPU mesh defaults (issue 14 item 5)".
   config.mesh = dict(data=1, fsdp=-1, sequence=1, tensor=1,
                      dcn_data=1, dcn_fsdp=1, dcn_sequence=1, dcn_tensor=1)
   config.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
