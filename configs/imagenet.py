@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       variant=args["variant"], input_size=res // VAE_DOWNSAMPLE, in_channels=LATENT_CHANNELS,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True,
       block_type="adaln_zero", dtype="bfloat16", param_dtype="float32",
-      remat_policy="none", scan_blocks=False, attention_impl="auto", split_qkv=False)
+      remat_policy="none", scan_blocks=False, attention_impl="auto")
   config.num_train_steps = 400_000
   config.global_batch_size = 256
   config.learning_rate = 1e-4

@@ -2,8 +2,8 @@
 
   python -m dit_jax.bench_matrix --config configs/imagenet.py:variant=XL/2,res=256 \
       --json matrix.json --profile /tmp/profile \
-      --run default:128 --run split_qkv:128:model.split_qkv=True \
-      --run adam_mu_bf16:128:adam_mu_dtype=bfloat16 --run sample:32:mode=sample
+      --run default:256 --run adam_mu_bf16:256:adam_mu_dtype=bfloat16 \
+      --run remat:256:model.remat_policy=qkv_attention_mlp_saveable --run sample:32:mode=sample
 
 Each ``--run NAME:BATCH[:KEY=VALUE,...]`` is one ``dit_jax.bench`` run (train mode unless
 ``mode=sample``) on a fresh copy of the config with the overrides applied (dotted keys as on the
@@ -31,7 +31,7 @@ def parse_run(spec: str) -> tuple[str, int, dict]:
   parts = spec.split(":", 2)
   if len(parts) < 2 or not parts[0] or not parts[1].isdigit() or int(parts[1]) < 1:
     raise ValueError(f"--run={spec!r}: give NAME:BATCH_PER_DEVICE[:KEY=VALUE,...], e.g. "
-                     "split_qkv:128:model.split_qkv=True")
+                     "adam_mu_bf16:256:adam_mu_dtype=bfloat16")
   overrides = {}
   for item in filter(None, (parts[2] if len(parts) == 3 else "").split(",")):
     key, sep, value = item.partition("=")

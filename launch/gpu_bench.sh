@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 14's GPU matrix in one run on a bare H100/H200 machine (no internet; see
-# ../docs/benchmarks.md "GPU"): XL/2 256 bf16 train step at batch 128 (profiled), the same step
-# in PyTorch (diffusers DiT + torch.compile) side by side, 250-step guided sampling, then each
-# speed lever. About 8 minutes; every part runs under a timeout and writes JSON as it goes.
+# ../docs/benchmarks.md "GPU"): XL/2 256 bf16 train step at batch BATCH (default 256, profiled),
+# the same step in PyTorch (diffusers DiT + torch.compile) side by side, then the levers still
+# open and 250-step guided sampling. About 8 minutes; every part runs under a timeout and writes
+# JSON as it goes.
 #
 # Before: on a machine with pip, from the repository root (ignored folder .whl/):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -20,25 +21,23 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=c
 cat "$OUT/gpu.txt"
 log() { tee -a "$OUT/run.log"; }
 
-echo "== dit_jax default, batch 128, profiled" | log
+B=${BATCH:-256}  # the fastest batch measured on an H200 (use 128 on an 80 GB H100)
+echo "== dit_jax default, batch $B, profiled" | log
 timeout 170 python3 -m dit_jax.bench_matrix --config $C --json "$OUT/jax_default.json" \
-  --profile /tmp/profile --run default:128 2>&1 | log
+  --profile /tmp/profile --run default:$B 2>&1 | log
 python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))[0], open(sys.argv[2], 'w'))" \
   "$OUT/jax_default.json" /tmp/jax_default_one.json
 
-echo "== PyTorch diffusers DiT, torch.compile, batch 128" | log
-timeout 200 python3 -m dit_jax.bench_torch --config $C --batch_per_device 128 --steps 10 \
+echo "== PyTorch diffusers DiT, torch.compile, batch $B" | log
+timeout 200 python3 -m dit_jax.bench_torch --config $C --batch_per_device $B --steps 10 \
   --json "$OUT/torch.json" --compare /tmp/jax_default_one.json 2>&1 | log
 
 LEFT=$((BUDGET_S - SECONDS))
 echo "== dit_jax levers and sampling (${LEFT} s left)" | log
 timeout $LEFT python3 -m dit_jax.bench_matrix --config $C --json "$OUT/jax_levers.json" \
-  --run sample:32:mode=sample \
-  --run split_qkv:128:model.split_qkv=True \
-  --run batch256:256 \
-  --run adam_mu_bf16:128:adam_mu_dtype=bfloat16 \
-  --run all_levers_b256:256:model.split_qkv=True,adam_mu_dtype=bfloat16 \
-  --run remat_named_b256:256:model.remat_policy=qkv_attention_mlp_saveable 2>&1 | log
+  --run adam_mu_bf16:$B:adam_mu_dtype=bfloat16 \
+  --run remat_named:$((2 * B)):model.remat_policy=qkv_attention_mlp_saveable \
+  --run sample:32:mode=sample 2>&1 | log
 
 TRACE=$(ls -t /tmp/profile/plugins/profile/*/perfetto_trace.json.gz 2>/dev/null | head -1)
 [ -n "$TRACE" ] && cp "$TRACE" "$OUT/perfetto_trace.json.gz"

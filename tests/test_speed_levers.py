@@ -1,8 +1,5 @@
 """The speed levers of issue 14 change how the step runs, never what it computes.
 
-- ``split_qkv``: q, k and v as three matmuls with slices of the fused kernel give the fused
-  projection's values and gradients (same parameter tree), checked against a numpy attention
-  block computed from the parameters by hand.
 - The "qkv_attention_mlp_saveable" remat policy saves exactly the tagged activations and gives
   the unrematerialized loss gradients.
 - ``config.adam_mu_dtype="bfloat16"`` stores Adam's first moment in bfloat16 and keeps one
@@ -21,56 +18,7 @@ from flax import linen as nn
 from configs import digits
 from dit_jax import config_checks
 from dit_jax import train_state as ts
-from dit_jax.models import layers
 from dit_jax.models.dit import DiT, init_inputs
-
-HEADS, D, T = 4, 32, 6
-
-
-def _attention_params(seed=0):
-  model = layers.Attention(HEADS, attention_impl="xla")
-  x = jax.random.normal(jax.random.key(seed), (2, T, D))
-  params = nn.unbox(model.init(jax.random.key(1), x)["params"])
-  # Non-zero biases, so a misplaced bias slice shows.
-  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
-  return params, x
-
-
-def _numpy_attention(params, x):
-  """softmax(q k^T / sqrt(hd)) v with the official (D, 3, heads, hd) qkv layout, float64."""
-  x = np.asarray(x, np.float64)
-  w, b = (np.asarray(params["qkv"][k], np.float64) for k in ("kernel", "bias"))
-  qkv = np.einsum("btd,dshk->btshk", x, w) + b
-  q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-  logits = np.einsum("bqhk,bthk->bhqt", q, k) / np.sqrt(q.shape[-1])
-  probs = np.exp(logits - logits.max(-1, keepdims=True))
-  probs /= probs.sum(-1, keepdims=True)
-  out = np.einsum("bhqt,bthk->bqhk", probs, v)
-  wo, bo = (np.asarray(params["proj"][k], np.float64) for k in ("kernel", "bias"))
-  return np.einsum("bqhk,hkd->bqd", out, wo) + bo
-
-
-@pytest.mark.parametrize("split", [False, True])
-def test_split_qkv_matches_numpy_attention(split):
-  params, x = _attention_params()
-  model = layers.Attention(HEADS, attention_impl="xla", split_qkv=split)
-  assert jax.tree.map(jnp.shape, nn.unbox(model.init(jax.random.key(1), x)["params"])) == \
-      jax.tree.map(jnp.shape, params)
-  out = model.apply({"params": params}, x)
-  np.testing.assert_allclose(out, _numpy_attention(params, x), rtol=1e-5, atol=1e-5)
-
-
-def test_split_qkv_gradients_equal_fused():
-  params, x = _attention_params()
-
-  def grads(split):
-    model = layers.Attention(HEADS, attention_impl="xla", split_qkv=split)
-    loss = lambda p, x: jnp.sum(jnp.sin(model.apply({"params": p}, x)))
-    return jax.grad(loss, argnums=(0, 1))(params, x)
-
-  for fused, split in zip(jax.tree.leaves(grads(False)), jax.tree.leaves(grads(True))):
-    np.testing.assert_allclose(split, fused, rtol=1e-5, atol=1e-6)
-
 
 def _small_dit(**kw):
   return DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=2, num_heads=4,

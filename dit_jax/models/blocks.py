@@ -54,7 +54,6 @@ class DiTBlock(nn.Module):
   scanned: bool = False
   attention_axis: str = "joint"
   frames: int = 1
-  split_qkv: bool = False
 
   def _self_attention(self, attn: nn.Module, x: jax.Array) -> jax.Array:
     if self.attention_axis == "joint":
@@ -70,7 +69,7 @@ class DiTBlock(nn.Module):
     d = x.shape[-1]
     x = nn.with_logical_constraint(x, TOKENS)
     attn = functools.partial(
-        self._self_attention, layers.Attention(self.num_heads, self.attention_impl, self.split_qkv, name="attn", **kw))
+        self._self_attention, layers.Attention(self.num_heads, self.attention_impl, name="attn", **kw))
     mlp = layers.Mlp(self.mlp_ratio, name="mlp", **kw)
     text = context is not None
     if self.block_type in ADAPTIVE_BLOCKS or text:
@@ -111,7 +110,7 @@ class FactorizedBlockPair(DiTBlock):
                context_lengths: jax.Array | None = None):
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
               attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
-              frames=self.frames, split_qkv=self.split_qkv)
+              frames=self.frames)
     x = DiTBlock(name="spatial", attention_axis="spatial", **kw)(x, cond, context, context_lengths)
     x = DiTBlock(name="temporal", attention_axis="temporal", **kw)(x, cond, context, context_lengths)
     return (x, None) if self.scanned else x

@@ -93,8 +93,7 @@ class DiT(nn.Module):
   ``remat_policy`` ("none" or a REMAT_POLICIES key, applied to each block), ``scan_blocks``
   (``nn.scan`` over the blocks: parameters get a leading depth axis under "blocks"), and
   ``attention_impl`` ("auto": cuDNN on NVIDIA GPUs in bf16/fp16, Pallas flash attention on TPU,
-  XLA elsewhere; or "xla", "cudnn", "pallas" explicitly), ``split_qkv`` (q, k, v as three
-  matmuls, see ``layers.Attention``). The output is float32 (B, H, W, C_out), C_out = 2C
+  XLA elsewhere; or "xla", "cudnn", "pallas" explicitly). The output is float32 (B, H, W, C_out), C_out = 2C
   with ``learn_sigma`` ([eps, v]), whatever ``dtype`` is.
 
   Video: ``num_frames`` > 0 makes the input (B, F, H, W, C) with F = num_frames (0: images),
@@ -132,7 +131,6 @@ class DiT(nn.Module):
   remat_policy: str = "none"
   scan_blocks: bool = False
   attention_impl: str = "auto"
-  split_qkv: bool = False
   num_frames: int = 0
   temporal_patch_size: int = 1
   attention_layout: str = "joint"
@@ -208,7 +206,7 @@ class DiT(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_blocks)
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
               attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
-              frames=self.temporal_tokens, split_qkv=self.split_qkv)
+              frames=self.temporal_tokens)
     if self.scan_blocks:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * len(args), length=count,

@@ -81,14 +81,11 @@ class Dense(nn.Module):
   and is stored in ``param_dtype``; the matmul runs in ``dtype``. Used for every projection
   (fused qkv as (D, 3, heads, head_dim), attention output as (heads, head_dim, D), ...), so
   each parameter carries one logical name per axis (rank-correct under ``jax.set_mesh``).
-  ``split_first_output`` returns one output per index of the first output axis, each its own
-  matmul with that slice of the kernel (a tuple of contiguous arrays, same parameters).
   """
   features: Sequence[int]
   in_names: Sequence[str | None]
   out_names: Sequence[str | None]
   use_bias: bool = True
-  split_first_output: bool = False
   kernel_init: Initializer | None = None
   bias_init: Initializer = nn.initializers.zeros_init()
   dtype: Dtype = jnp.float32
@@ -107,20 +104,12 @@ class Dense(nn.Module):
         in_shape + features, self.param_dtype)
     x = x.astype(self.dtype)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), in_axes)
-    kernel = kernel.astype(self.dtype)
-    bias = None
+    y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, tuple(self.out_names)),
-                        features, self.param_dtype).astype(self.dtype)
-
-    def project(kernel, bias):
-      y = jax.lax.dot_general(x, kernel, (contract, ((), ())))
-      return y if bias is None else y + bias
-
-    if not self.split_first_output:
-      return project(kernel, bias)
-    return tuple(project(jnp.take(kernel, i, axis=n_in),
-                         None if bias is None else bias[i]) for i in range(features[0]))
+                        features, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 def layer_norm(affine: bool = False, *, dtype: Dtype = jnp.float32,
@@ -252,14 +241,11 @@ class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection (official layout (3, heads, hd)).
 
   ``attention_impl``: "auto" (default), "xla", "cudnn" or "pallas" (see the module docstring).
-  ``split_qkv`` computes q, k and v as three matmuls with slices of the same kernel, so each
-  comes out contiguous for the attention kernel instead of as a strided slice of one (B, T, 3,
-  heads, hd) product (same parameters, same values). The qkv projections and the attention
-  output are tagged "qkv" and "attention" for remat policies (``checkpoint_name``).
+  The q, k, v projections and the attention output are tagged "qkv" and "attention" for remat
+  policies (``checkpoint_name``).
   """
   num_heads: int
   attention_impl: str = "auto"
-  split_qkv: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -268,11 +254,8 @@ class Attention(nn.Module):
     d = x.shape[-1]
     hd = d // self.num_heads
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv",
-                split_first_output=self.split_qkv, **kw)(x)
-    if not self.split_qkv:
-      qkv = (qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
-    q, k, v = (checkpoint_name(a, "qkv") for a in qkv)
+    qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv", **kw)(x)
+    q, k, v = (checkpoint_name(qkv[:, :, i], "qkv") for i in range(3))
     out = checkpoint_name(attend(q, k, v, self.attention_impl, self.dtype), "attention")
     return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
 
