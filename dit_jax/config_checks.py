@@ -10,10 +10,13 @@ from typing import Any, Mapping
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
-# DiT's defaults for the fields video_problems reads (images: no frames, joint attention).
-_VIDEO_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
-                       block_type="adaln_zero")
+# DiT's defaults for the fields video_problems and text_problems read (images: no frames,
+# joint attention; class-conditional: no text context).
+_MODEL_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
+                       block_type="adaln_zero", context_dim=0, context_length=0,
+                       num_classes=1000, attention_impl="auto")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+ADAM_MU_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -60,8 +63,8 @@ def _check_model(config) -> None:
     raise ConfigError(
         f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
         f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
-  video = types.SimpleNamespace(**{**_VIDEO_DEFAULTS, **kw})
-  problems = blocks.video_problems(video)
+  model = types.SimpleNamespace(**{**_MODEL_DEFAULTS, **kw})
+  problems = blocks.video_problems(model) + blocks.text_problems(model)
   if problems:
     raise ConfigError("config.model." + "; config.model.".join(problems) + ".")
   width, heads = kw["hidden_size"], kw["num_heads"]
@@ -114,7 +117,17 @@ def _check_finite(config) -> None:
   visit("config", config.to_dict())
 
 
+def adam_mu_dtype(config) -> str:
+  """`config.adam_mu_dtype`, the storage dtype of Adam's first moment ("float32" by default, or
+  "bfloat16": half that state's memory and traffic; the second moment stays float32)."""
+  name = config.get("adam_mu_dtype", "float32")
+  if name not in ADAM_MU_DTYPES:
+    raise ConfigError(f"config.adam_mu_dtype={name!r} must be one of {ADAM_MU_DTYPES}.")
+  return name
+
+
 def _check_training(config) -> None:
+  adam_mu_dtype(config)
   if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
     raise ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}.")
   if not 0.0 <= config.ema_decay <= 1.0:

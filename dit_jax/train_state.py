@@ -98,27 +98,19 @@ def weight_decay_mask(config):
   return WEIGHT_DECAY_MASKS[name]
 
 
-def adam_mu_dtype(config):
-  """Storage dtype of Adam's first moment: `config.adam_mu_dtype` ("float32", the default, or
-  "bfloat16", which halves that state's memory and traffic; the second moment stays float32)."""
-  name = config.get("adam_mu_dtype", "float32")
-  if name not in ("float32", "bfloat16"):
-    raise config_checks.ConfigError(
-        f"config.adam_mu_dtype={name!r} must be 'float32' or 'bfloat16'.")
-  return jnp.dtype(name)
-
-
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW on `learning_rate_schedule`, after global-norm clipping if grad_clip_norm > 0.
 
   Weight decay (when > 0) applies to the parameters `config.weight_decay_mask` selects. With no
   decay the mask is left out, so the optimizer state has the same structure as before masks.
+  The first moment is stored in `config.adam_mu_dtype` (`config_checks.adam_mu_dtype`).
   """
   mask = weight_decay_mask(config)
   adamw = optax.adamw(
       learning_rate_schedule(config), b1=config.get("adam_b1", 0.9),
       b2=config.get("adam_b2", 0.999), eps=1e-8, weight_decay=config.weight_decay,
-      mask=mask if config.weight_decay > 0 else None, mu_dtype=adam_mu_dtype(config))
+      mask=mask if config.weight_decay > 0 else None,
+      mu_dtype=jnp.dtype(config_checks.adam_mu_dtype(config)))
   if config.grad_clip_norm > 0:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
   return adamw

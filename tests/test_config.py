@@ -85,6 +85,12 @@ def _smoke():
     (lambda c: setattr(c, "adam_b2", float("-inf")), 8, 1, "config.adam_b2=-inf"),
     (lambda c: setattr(c, "grad_clip_norm", float("nan")), 8, 1, "config.grad_clip_norm=nan"),
     (lambda c: c.diffusion.update(logit_std=float("nan")), 8, 1, "config.diffusion.logit_std=nan"),
+    (lambda c: setattr(c, "adam_mu_dtype", "float16"), 8, 1, "config.adam_mu_dtype='float16'"),
+    # Text fields, checked before the model is built (blocks.text_problems).
+    (lambda c: c.model.update(block_type="mmdit"), 8, 1,
+     "config.model.block_type='mmdit' is a text design"),
+    (lambda c: c.model.update(context_dim=16), 8, 1,
+     "config.model.block_type='adaln_zero' does not read text"),
 ])
 def test_config_errors_name_the_field(mutate, num_devices, process_count, field):
   config = _smoke()
