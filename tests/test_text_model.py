@@ -271,6 +271,40 @@ def test_null_text(design):
   np.testing.assert_allclose(np.asarray(guided), np.stack([want, want]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("design", ["cross_attention", "mmdit"])
+def test_pooled_text_is_the_mean_of_the_real_tokens(design):
+  """SD3's pooled conditioning: the pooled MLP reads the mean of each caption's real encoder
+  outputs (numpy, float64; the null vector for null rows) and its output is added to c, so a
+  model whose pooled MLP ends in zeros is the model without pooling."""
+  model = _model(design, pooled_text=True)
+  variables = _random_variables(model)
+  x, t, y, context, mask = _inputs(model, [3, 6, 1, 4])
+  y[3] = 1  # null text
+  seen = []
+
+  def record(next_fun, args, kwargs, context_):
+    if context_.module.name == "pooled_embedder":
+      seen.append(np.asarray(args[0], np.float64))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    out = model.apply(variables, x, t, y, context=context, context_mask=mask)
+  want = (context * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+  want[3] = variables["params"]["null_context"]
+  np.testing.assert_allclose(seen[0], want, rtol=1e-6, atol=1e-6)
+  plain = _model(design)
+  params = dict(variables["params"])
+  pooled = jax.tree.map(np.zeros_like, params.pop("pooled_embedder"))
+  assert np.abs(np.asarray(out) - np.asarray(_apply(plain, {"params": params}, x, t, y,
+                context=context, context_mask=mask))).max() > 1e-3
+  zeroed = {"params": {**params, "pooled_embedder": {
+      "fc1": variables["params"]["pooled_embedder"]["fc1"], "fc2": pooled["fc2"]}}}
+  np.testing.assert_allclose(
+      np.asarray(_apply(model, zeroed, x, t, y, context=context, context_mask=mask)),
+      np.asarray(_apply(plain, {"params": params}, x, t, y, context=context, context_mask=mask)),
+      rtol=1e-6, atol=1e-6)
+
+
 def test_caption_dropout_rate():
   p, batch = 0.25, 512
   model = _model("cross_attention", depth=1, class_dropout_prob=p)
@@ -376,6 +410,7 @@ def test_sharded_2x2x2_matches_one_device(devices, design):
      "attention_layout"),
     (dict(block_type="cross_attention", attention_impl="pallas"), "attention_impl"),
     (dict(block_type="cross_attention", context_length=-1), "context_length"),
+    (dict(block_type="adaln_zero", context_dim=0, num_classes=10, pooled_text=True), "pooled_text"),
 ])
 def test_bad_combinations_name_the_field(kwargs, field):
   model = DiT(**{**TINY, **kwargs})

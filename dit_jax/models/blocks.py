@@ -239,6 +239,9 @@ def text_problems(model) -> list[str]:
     problems.append(f"context_dim={dim} and context_length={model.context_length} must be >= 0 "
                     "(context_dim 0: class-conditional)")
   if dim == 0:
+    if model.pooled_text:
+      problems.append("pooled_text=True needs a text model: set context_dim to the text "
+                      "encoder's width")
     if block == "mmdit":
       problems.append("block_type='mmdit' is a text design: set context_dim to the text "
                       "encoder's width, or use a class-conditional block_type")

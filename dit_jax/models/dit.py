@@ -108,7 +108,9 @@ class DiT(nn.Module):
   ``model_kwargs_for_init`` (0 -> 1 token for init; any L works at call time).
   ``text_vocab_size`` > 0 gives the model its own small T5 encoder ("text_encoder",
   ``text_encoder_layers`` layers of width ``context_dim``, trained jointly with the DiT): its
-  ``context`` is then token ids (B, L), as the digit-pairs default trains.
+  ``context`` is then token ids (B, L), as the digit-pairs default trains. ``pooled_text``
+  adds SD3's pooled conditioning: the mean of the caption's real text-encoder outputs, through
+  an MLP ("pooled_embedder"), joins t_emb in c, so every adaLN modulation sees the caption.
 
   Non-square inputs: ``input_width`` > 0 is the width W, with ``input_size`` the height H
   (0: square, W = H, the official case). Both must be multiples of ``patch_size``; tokens stay
@@ -139,6 +141,7 @@ class DiT(nn.Module):
   input_width: int = 0
   text_vocab_size: int = 0
   text_encoder_layers: int = 2
+  pooled_text: bool = False
 
   @property
   def out_channels(self) -> int:
@@ -234,8 +237,9 @@ class DiT(nn.Module):
     return encoder(ids, mask)
 
   def _caption(self, context: jax.Array | None, context_mask: jax.Array | None,
-               null: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Caption tokens (B, L, D) and the number of real tokens (B,) int32.
+               null: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Caption tokens (B, L, D), the number of real tokens (B,) int32 and the mean of the real
+    text-encoder outputs (B, context_dim).
 
     Rows with ``null`` (dropped or null-class labels) and rows without any real token get the
     null text: the learned "null_context" vector as their one real token. Padded positions are
@@ -267,7 +271,9 @@ class DiT(nn.Module):
     mask = jnp.where(null[:, None], first[None], mask)
     tokens = layers.CaptionEmbedder(self.hidden_size, name="context_embedder", dtype=self.dtype,
                                     param_dtype=self.param_dtype)(context)
-    return nn.with_logical_constraint(tokens, TEXT_TOKENS), mask.sum(axis=1, dtype=jnp.int32)
+    lengths = mask.sum(axis=1, dtype=jnp.int32)
+    pooled = context.sum(axis=1) / lengths[:, None].astype(context.dtype)  # padding is zero
+    return nn.with_logical_constraint(tokens, TEXT_TOKENS), lengths, pooled
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False,
@@ -298,9 +304,11 @@ class DiT(nn.Module):
     text = self.context_dim > 0
     if text:  # drop first, so the captions of dropped labels are nulled too
       y = labels.drop(y, train)
-      tokens, lengths = self._caption(context, context_mask, y == self.num_classes)
+      tokens, lengths, pooled = self._caption(context, context_mask, y == self.num_classes)
     y_emb = labels(y, train and not text)
     c = t_emb + y_emb
+    if text and self.pooled_text:
+      c = c + layers.CaptionEmbedder(self.hidden_size, name="pooled_embedder", **kw)(pooled)
     cond = None
     if self.block_type in ADAPTIVE_BLOCKS or text:
       cond = c
