@@ -368,7 +368,7 @@ def main(argv: Any) -> None:
   write_json(result, f.json)
 
 
-def write_json(result: dict, path: str | None) -> None:
+def write_json(result: dict | list, path: str | None) -> None:
   if path:
     with open(path, "w") as fp:
       json.dump(result, fp, indent=2, default=_json_default)

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+import brief_training  # tests/ is on sys.path
 from configs import digit_pairs as digit_pairs_config
-from dit_jax import checkpoint, diffusion, pair_quality, sample, sharding, text, train
+from dit_jax import checkpoint, pair_quality, sample, sharding, text, train
 from dit_jax import train_state as ts
 from dit_jax.data import digit_pairs as digit_pairs_data
 from dit_jax.diffusion import guidance
@@ -29,7 +30,6 @@ from dit_jax.models.dit import DiT, init_inputs, model_kwargs_for_init
 BRIEF_STEPS = 300
 NUM_SAMPLES = 8
 SAMPLING = dict(sampler="ddim", num_steps=10, cfg_scale=1.0)
-DENOISE_T = 250
 
 
 def _text_model(**overrides):
@@ -107,33 +107,13 @@ def test_prompt_files_and_mismatched_requests_are_refused(tmp_path):
   assert ids.shape == (1, 4) and mask.all()  # truncated, with a warning (text_vocab's tests)
 
 
-def brief_config():
-  config = digit_pairs_config.get_config()
-  config.num_train_steps = BRIEF_STEPS
-  config.global_batch_size = 64
-  config.checkpoint_every_steps = BRIEF_STEPS
-  config.sample_every_steps = BRIEF_STEPS
-  config.sample_grid_steps = 20
-  config.log_every_steps = BRIEF_STEPS // 3
-  config.warmup_steps = 30
-  config.ema_decay = 0.9  # the default's EMA averages over more steps than this brief run has
-  return config
-
-
 def denoised_pair_scores(config, params, canvases, prompts):
-  """Pair quality and MSE of test canvases noised to t = DENOISE_T and denoised in one step by a
-  model that reads ``prompts`` (their captions)."""
-  model = ts.build_model(config)
-  objective = diffusion.create_objective(config.diffusion)
-  alpha_bar = float(objective.alphas_cumprod[DENOISE_T])
-  noise = np.random.default_rng(0).standard_normal(canvases.shape).astype(np.float32)
-  noisy = np.sqrt(alpha_bar) * canvases + np.sqrt(1 - alpha_bar) * noise
+  """Pair quality and MSE of test canvases denoised in one step (brief_training) by a model
+  that reads ``prompts`` (their captions)."""
   context, mask = text.encode_prompts(config, prompts)
-  t = np.full(len(canvases), DENOISE_T)
-  out = jax.jit(model.apply)({"params": params}, noisy, t, np.zeros(len(canvases), np.int32),
-                             context=context, context_mask=mask)
-  eps = np.asarray(out)[..., :1]
-  denoised = np.clip((noisy - np.sqrt(1 - alpha_bar) * eps) / np.sqrt(alpha_bar), -1, 1)
+  denoised = brief_training.one_step_denoised(config, params, canvases,
+                                              np.zeros(len(canvases), np.int32),
+                                              context=context, context_mask=mask)
   scores = pair_quality.prompts_quality(denoised, prompts)
   return dict(scores, mse=float(np.mean((denoised - canvases) ** 2)))
 
@@ -143,7 +123,7 @@ def test_briefly_trained_text_default_learns(tmp_path):
   conditioning"), so learning is judged on the denoiser: test canvases noised to t = 250 and
   denoised in one step, reading their captions, come back closer to the originals and with more
   halves classified as the caption says than an untrained model (eps = 0: the noisy canvas)."""
-  config = brief_config()
+  config = brief_training.brief_config(digit_pairs_config.get_config(), BRIEF_STEPS, 20)
   one_device = jax.devices()[:1]
   workdir = tmp_path / "run"
   train.train(config, str(workdir), devices=one_device)

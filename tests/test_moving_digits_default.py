@@ -17,46 +17,26 @@ import jax
 import numpy as np
 from PIL import Image
 
+import brief_training  # tests/ is on sys.path
 from configs import moving_digits
-from dit_jax import checkpoint, diffusion, metrics, sample, sharding, sweep, train, video_quality
+from dit_jax import checkpoint, metrics, sample, sharding, sweep, train, video_quality
 from dit_jax import train_state as ts
 from dit_jax.data import moving_digits as moving_digits_data
 
 BRIEF_STEPS = 300
 NUM_SAMPLES = 20
 SAMPLING = dict(sampler="ddim", num_steps=10, cfg_scale=1.0)
-DENOISE_T = 250
-
-
-def brief_config():
-  config = moving_digits.get_config()
-  config.num_train_steps = BRIEF_STEPS
-  config.global_batch_size = 64
-  config.checkpoint_every_steps = BRIEF_STEPS
-  config.sample_every_steps = BRIEF_STEPS
-  config.sample_grid_steps = 10
-  config.log_every_steps = BRIEF_STEPS // 3
-  config.warmup_steps = 30
-  config.ema_decay = 0.9  # the default's EMA averages over more steps than this brief run has
-  return config
 
 
 def denoised_scores(config, params, videos, labels):
-  """Per-frame quality and MSE of one-step denoised test videos at t = DENOISE_T."""
-  model = ts.build_model(config)
-  objective = diffusion.create_objective(config.diffusion)
-  alpha_bar = float(objective.alphas_cumprod[DENOISE_T])
-  noise = np.random.default_rng(0).standard_normal(videos.shape).astype(np.float32)
-  noisy = np.sqrt(alpha_bar) * videos + np.sqrt(1 - alpha_bar) * noise
-  t = np.full(len(videos), DENOISE_T)
-  eps = np.asarray(jax.jit(model.apply)({"params": params}, noisy, t, labels))[..., :1]
-  denoised = np.clip((noisy - np.sqrt(1 - alpha_bar) * eps) / np.sqrt(alpha_bar), -1, 1)
+  """Per-frame quality and MSE of one-step denoised test videos (brief_training)."""
+  denoised = brief_training.one_step_denoised(config, params, videos, labels)
   scores = video_quality.moving_digits_quality(denoised, labels)
   return dict(scores, mse=float(np.mean((denoised - videos) ** 2)))
 
 
 def test_briefly_trained_video_default_beats_an_untrained_model(tmp_path):
-  config = brief_config()
+  config = brief_training.brief_config(moving_digits.get_config(), BRIEF_STEPS, 10)
   one_device = jax.devices()[:1]
   workdir = tmp_path / "run"
   train.train(config, str(workdir), devices=one_device)
