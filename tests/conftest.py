@@ -2,14 +2,26 @@
 
 The flags must be set before JAX initializes its backends, hence at import time here.
 """
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import types
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+# One persistent compilation cache for the whole session, inherited by the subprocesses that
+# tests start: the many tests that build the same model (the smoke configs above all) compile
+# each program once. A cached program is the compiled program (same HLO, same compiler), so no
+# result changes; a cache directory set by the caller is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="dit_jax_tests_jax_cache_")
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 # TensorFlow (pulled in by clu writers / tfds) must not grab accelerators or spam logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
