@@ -49,7 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # Flow matching only (objective="flow"): t ~ uniform or logit-normal, SD3's time shift.
       t_sampling="uniform", logit_mean=0.0, logit_std=1.0, time_shift=1.0)
   config.data = dict(source="digits", name="digits", data_dir="", split="train", image_size=8,
-                     flip=False, num_workers=0, latent_scale=1.0, vae="")
+                     flip=False, num_workers=0, latent_scale=1.0, vae="",
+                     text_cache="")  # a prompt-embedding cache: caption i for example i
   # No guidance by default (the samples reach the quality target without it); with cfg_scale > 1,
   # "all" guides the eps channel only (the official 3-channel rule would also guide the variance).
   config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.0, guidance="all")

@@ -77,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       t_sampling="uniform", logit_mean=0.0, logit_std=1.0, time_shift=1.0)
   config.data = dict(
       source=args["source"], name="imagenet2012", data_dir="", split="train", image_size=res,
-      flip=True, num_workers=8, latent_scale=VAE_LATENT_SCALE, vae="")
+      flip=True, num_workers=8, latent_scale=VAE_LATENT_SCALE, vae="",
+      text_cache="")  # a prompt-embedding cache: configs/text_to_image.py
   # guidance "official": CFG on output channels 0..2, as the released code (and its FIDs) do.
   config.sample = dict(sampler="ddpm", num_sampling_steps=250, cfg_scale=1.5, guidance="official")
 

@@ -212,3 +212,22 @@ def validate(config, *, num_devices: int, process_count: int = 1, check_data: bo
   _check_sampling(config)
   if check_data:
     _check_data(config)
+    _check_text_cache(config)
+
+
+def _check_text_cache(config) -> None:
+  """config.data.text_cache must be a finished prompt-embedding cache with one caption per
+  example, whose encoder, width and length the model and config.text agree with."""
+  cache_dir = config.data.get("text_cache", "")
+  if not cache_dir:
+    return
+  from dit_jax.data import sources, text_cache  # local: as _check_data
+  try:
+    meta, _ = text_cache.open_cache(cache_dir)
+  except sources.DataDirError as e:
+    raise ConfigError(f"config.data.text_cache={cache_dir}: {e.problem}") from e
+  problems = text_cache.training_problems(meta, model_kwargs(config.model.to_dict()),
+                                          dict(config.get("text") or {}))
+  if problems:
+    raise ConfigError(f"config.data.text_cache={cache_dir}: " + "; ".join(problems) + ".")
+

@@ -5,6 +5,8 @@
 - ``tokenizer``: "digit_pairs" (the built-in word tokenizer of the digit-pairs default,
   dit_jax.text_vocab) or a Hugging Face tokenizer (hub repo or directory, e.g. "google/flan-t5-xl");
 - ``max_length``: tokens per caption (longer prompts are truncated with a warning);
+- ``tokenizer_subfolder`` / ``encoder_subfolder``: where a pipeline repo keeps them (e.g.
+  "tokenizer" / "text_encoder"; default: the repo root);
 - ``encoder``: "" when the model embeds token ids itself (``config.model.text_encoder``: a Flax
   T5 trained jointly with the DiT, as the digit-pairs default does), else a pretrained T5
   encoder (hub repo or directory) whose outputs are the context: training reads them from a
@@ -50,14 +52,16 @@ def tokenize(text_cfg, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   if not name:
     raise ValueError("config.text.tokenizer is empty: name 'digit_pairs' or a Hugging Face "
                      "tokenizer (hub repo or directory).")
-  from dit_jax.models import t5  # local: needs transformers (the "text" extra)
-  return t5.tokenize(name, list(prompts), max_length)
+  from transformers import AutoTokenizer  # local: the "text" extra
+  from dit_jax.models import t5
+  loaded = AutoTokenizer.from_pretrained(name, subfolder=text_cfg.get("tokenizer_subfolder", ""))
+  return t5.tokenize(loaded, list(prompts), max_length)
 
 
 @functools.lru_cache(maxsize=2)
-def _pretrained_encoder(name: str):
+def _pretrained_encoder(name: str, subfolder: str):
   from dit_jax.models import t5  # local: needs transformers (the "text" extra)
-  return t5.load_t5_encoder(name)
+  return t5.load_t5_encoder(name, subfolder=subfolder)
 
 
 def encode_prompts(config, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +73,7 @@ def encode_prompts(config, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarr
   encoder = text_cfg.get("encoder", "")
   if not encoder:
     return ids, mask
-  module, params = _pretrained_encoder(encoder)
+  module, params = _pretrained_encoder(encoder, text_cfg.get("encoder_subfolder", ""))
   context = np.asarray(module.apply({"params": params}, ids, mask), np.float32)
   width = (config.get("model") or {}).get("context_dim", 0)
   if context.shape[-1] != width:

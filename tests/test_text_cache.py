@@ -12,12 +12,17 @@ import pickle
 import shutil
 
 import grain
+import jax
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from transformers import T5Config, T5EncoderModel, T5Tokenizer
 
-from dit_jax.data import precompute_text, sources, text_cache
+from dit_jax import config_checks, config_files, sample, train
+from dit_jax.data import imagefolder, precompute_text, sources, text_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WORDS = ["a", "3", "7", "to", "the", "left", "right", "of", "and", "followed", "by", "digit"]
 MAX_LENGTH = 8
@@ -226,3 +231,122 @@ def test_caption_file_details(t5_dir, tmp_path):
     precompute_text.precompute(_args(captions, t5_dir[0], tmp_path / "a", "--num_shards", "8"))
   with pytest.raises(ValueError, match="--batch_size=6 is not a multiple of the 8 batch shards"):
     precompute_text.precompute(_args(captions, t5_dir[0], tmp_path / "b", "--batch_size", "6"))
+
+
+# Training from the cache (config.data.text_cache): an image folder whose images carry their
+# captions in <image>.txt files, encoded with --image_folder, read back beside their images.
+FOLDER_CAPTIONS = CAPTIONS[:6]  # images a/0, a/1, a/2, b/0, b/1, b/2 in the source's order
+
+
+@pytest.fixture(scope="module")
+def captioned_folder(t5_dir, tmp_path_factory):
+  """(image folder, its cache): 6 RGB 8x8 PNGs in 2 classes, image i filled with the gray
+  level 40 i and captioned FOLDER_CAPTIONS[i]."""
+  root = tmp_path_factory.mktemp("captioned")
+  for i, caption in enumerate(FOLDER_CAPTIONS):
+    path = root / "ab"[i // 3] / f"{i % 3}.png"
+    path.parent.mkdir(exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(path)
+    path.with_suffix(".txt").write_text(f"  {caption.replace(' ', chr(10), 1)}\n", encoding="utf-8")
+  cache = root.parent / (root.name + "_cache")
+  precompute_text.precompute(precompute_text.parse_args(
+      ["--image_folder", str(root), "--encoder", str(t5_dir[0]), "--output", str(cache),
+       "--max_length", str(MAX_LENGTH), "--batch_size", "8"]))
+  return root, cache
+
+
+def _folder_data_config(root, cache) -> dict:
+  return dict(source="imagefolder", data_dir=str(root), split="", image_size=8, flip=False,
+              text_cache=str(cache))
+
+
+def test_image_folder_captions_come_with_their_images(t5_dir, captioned_folder, tmp_path):
+  _, model, tokenizer = t5_dir
+  root, cache = captioned_folder
+  assert imagefolder.sidecar_captions(str(root)) == FOLDER_CAPTIONS  # line breaks, spaces joined
+  assert text_cache.read_meta(str(cache))["captions"] == str(root)
+  source = sources.make_source(_folder_data_config(root, cache))
+  assert len(source) == 6 and "TextEmbeddingCache" in repr(source)
+  for i, caption in enumerate(FOLDER_CAPTIONS):
+    element = source[i]
+    np.testing.assert_allclose(element["x"], 40 * i / 127.5 - 1, atol=1e-6)  # image i ...
+    _assert_matches_reference(element, _reference(model, tokenizer, caption, MAX_LENGTH))  # ... caption i
+  # An unreadable image is replaced by the next one, and so is its caption.
+  broken = tmp_path / "broken"
+  shutil.copytree(root, broken)
+  (broken / "a" / "1.png").write_bytes(b"not a png")
+  element = sources.make_source(_folder_data_config(broken, cache))[1]
+  assert element["skipped"] == 1
+  np.testing.assert_allclose(element["x"], 80 / 127.5 - 1, atol=1e-6)
+  _assert_matches_reference(element, _reference(model, tokenizer, FOLDER_CAPTIONS[2], MAX_LENGTH))
+
+
+def test_captions_must_match_the_images(captioned_folder, tmp_path):
+  root, cache = captioned_folder
+  fewer = tmp_path / "fewer"
+  shutil.copytree(root, fewer)
+  os.remove(fewer / "b" / "2.png")
+  with pytest.raises(sources.DataDirError, match=r"holds 6 captions but ImageFolderSource.* has "
+                                                 r"5 examples; caption i must describe example i"):
+    sources.make_source(_folder_data_config(fewer, cache))
+  os.remove(fewer / "b" / "1.txt")
+  with pytest.raises(ValueError, match=r"1 of 5 images .* have no caption file .*b/1.txt"):
+    imagefolder.sidecar_captions(str(fewer))
+
+
+def _text_to_image_config(root, cache):
+  """configs/text_to_image.py (smoke) on the captioned folder's cache, in pixel space."""
+  config = config_files.sibling(os.path.join(ROOT, "configs", "digits.py"), "text_to_image",
+                                f"smoke,text_cache={cache},source=imagefolder")
+  config.model.update(in_channels=3)
+  config.data.update(_folder_data_config(root, cache), num_workers=0)
+  config.update(num_train_steps=4, global_batch_size=4, checkpoint_every_steps=4)
+  return config
+
+
+def test_text_to_image_config_reads_the_cache(t5_dir, captioned_folder):
+  config = _text_to_image_config(*captioned_folder)
+  model = config_checks.model_kwargs(config.model.to_dict())
+  assert (model["context_dim"], model["context_length"], model["block_type"]) == (
+      32, MAX_LENGTH, "cross_attention")
+  assert config.text.to_dict() == dict(
+      encoder=os.path.abspath(t5_dir[0]), encoder_subfolder="", max_length=MAX_LENGTH,
+      tokenizer=os.path.abspath(t5_dir[0]), tokenizer_subfolder="")
+  assert not config.data.flip
+  with pytest.raises(ValueError, match="pass text_cache=DIR"):
+    config_files.sibling(os.path.join(ROOT, "configs", "digits.py"), "text_to_image", "smoke")
+
+
+def test_trains_on_cached_captions_and_samples_from_prompts(t5_dir, captioned_folder, tmp_path):
+  root, cache = captioned_folder
+  config = _text_to_image_config(root, cache)
+  workdir = tmp_path / "run"
+  state = train.train(config, str(workdir), devices=jax.devices()[:1])
+  assert int(state.step) == 4
+  prompts = ["a 3 to the left of a 7", "digit"]
+  out = tmp_path / "s.npz"
+  sample.sample_to_files(str(workdir), num_samples=3, prompts=prompts, output=str(out),
+                         num_steps=5)
+  with np.load(out) as npz:
+    assert npz["arr_0"].shape == (3, 8, 8, 3) and npz["arr_0"].dtype == np.uint8
+    assert list(npz["prompts"]) == [prompts[0], prompts[1], prompts[0]]
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(model=dict(context_dim=16)), r"config.model.context_dim=16 but the cached embeddings are "
+                                       r"32 wide; set it to 32"),
+    (dict(model=dict(text_vocab_size=12)), r"config.model.text_vocab_size=12: .* set it to 0"),
+    (dict(text=dict(encoder="google/flan-t5-small")), r"config.text.encoder='google/flan-t5-small'"
+                                                      r" but the cache was built with '/"),
+    (dict(text=dict(max_length=9)), r"config.text.max_length=9 but the cache was built with 8"),
+    (dict(text=dict(tokenizer_subfolder="tokenizer")), r"config.text.tokenizer_subfolder="
+                                                       r"'tokenizer' but the cache was built with ''"),
+    (dict(data=dict(text_cache="/nonexistent")), r"config.data.text_cache=/nonexistent: no "
+                                                 r"prompt-embedding cache there"),
+])
+def test_config_checks_name_what_disagrees_with_the_cache(captioned_folder, change, message):
+  config = _text_to_image_config(*captioned_folder)
+  for section, values in change.items():
+    config[section].update(values)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.validate(config, num_devices=1)

@@ -3,6 +3,8 @@
 `root/<class name>/**/<file>.{jpg,jpeg,png,...}`; labels are the sorted class folder names'
 indices, files are sorted, as torchvision's ImageFolder (which DiT's training script uses) does.
 `root` may be local or in a bucket (gs://): listing and reading go through etils.epath.
+Captions for text-conditioned training are `<image>.txt` files beside the images
+(`sidecar_captions`; python -m dit_jax.data.precompute_text --image_folder ROOT encodes them).
 """
 from typing import Any
 
@@ -56,6 +58,25 @@ def list_images(root: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     raise ValueError(f"image folder {root} has no images in class subfolders "
                      f"({len(class_dirs)} subfolders, extensions {IMAGE_EXTENSIONS}).")
   return [d.name for d in class_dirs], np.array(paths, dtype=np.bytes_), np.array(labels, np.int32)
+
+
+def sidecar_captions(root: str) -> list[str]:
+  """The caption of every image under `root`, in `list_images` order (the source's example
+  order): the text of `<image path without extension>.txt` beside it, line breaks joined by
+  spaces. ValueError naming the missing files (at most 5, and their count)."""
+  _, paths, _ = list_images(root)
+  captions, missing = [], []
+  for relative in paths:
+    path = sources.as_path(root) / relative.decode()
+    sidecar = path.with_suffix(".txt")
+    if sidecar.exists():
+      captions.append(" ".join(sidecar.read_text(encoding="utf-8").split()))
+    else:
+      missing.append(str(sidecar))
+  if missing:
+    raise ValueError(f"{len(missing)} of {len(paths)} images under {root} have no caption file "
+                     f"beside them, e.g. {missing[:5]}; write one <image>.txt per image.")
+  return captions
 
 
 def load_image(path: str, image_size: int) -> np.ndarray:

@@ -7,7 +7,8 @@
       --subfolder text_encoder --tokenizer_subfolder tokenizer --output /data/pixart_t5 --max_length 120
 
 The caption file holds one caption per line (UTF-8; caption i is line i + 1; blank lines are an
-error). Captions are tokenized with --max_length (longer ones are truncated with a warning that
+error); --image_folder ROOT instead reads each image's `<image>.txt` in the imagefolder source's
+order, so that training with config.data.text_cache gives every image its own caption. Captions are tokenized with --max_length (longer ones are truncated with a warning that
 names the line) and encoded by the Flax T5 encoder (dit_jax.models.t5), its weights sharded over
 this process's devices (d_model over fsdp, heads and d_ff over tensor) and each batch split over
 data x fsdp. Shards are split over processes (process p writes shards p, p + P, ...; on a pod pass
@@ -65,11 +66,6 @@ def read_captions(path: str) -> tuple[list[str], str]:
   return captions, hashlib.sha256(raw).hexdigest()
 
 
-def _name(path_or_repo: str) -> str:
-  """A local directory's absolute path, or a hub repo id as given."""
-  return os.path.abspath(path_or_repo) if os.path.isdir(path_or_repo) else path_or_repo
-
-
 def encoder_config(encoder: str, subfolder: str) -> dict:
   """T5Encoder keyword arguments from the checkpoint's config.json (no weights are read)."""
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
@@ -121,7 +117,7 @@ def _write_shard(path, captions, first_index, encode, tokenizer, args, progress)
     for start in range(0, len(captions), args.batch_size):
       chunk = captions[start:start + args.batch_size]
       ids, mask, cut = tokenize_lines(tokenizer, chunk, first_index + start, args.max_length,
-                                      args.captions)
+                                      args.captions or args.image_folder)
       pad = args.batch_size - len(chunk)  # one compiled shape: the last batch repeats its last row
       out = encode(np.concatenate([ids, np.repeat(ids[-1:], pad, 0)]),
                    np.concatenate([mask, np.repeat(mask[-1:], pad, 0)]))
@@ -159,20 +155,26 @@ def precompute(args, process_index: int | None = None, process_count: int | None
   process_count = jax.process_count() if process_count is None else process_count
   if args.max_length < 1:
     raise ValueError(f"--max_length={args.max_length}: pass a positive token count.")
-  captions, captions_sha256 = read_captions(args.captions)
+  if args.image_folder:
+    from dit_jax.data import imagefolder  # pylint: disable=import-outside-toplevel
+    captions = imagefolder.sidecar_captions(args.image_folder)
+    captions_sha256 = hashlib.sha256("\n".join(captions).encode()).hexdigest()
+  else:
+    captions, captions_sha256 = read_captions(args.captions)
   num_shards = args.num_shards or math.ceil(len(captions) / CAPTIONS_PER_SHARD)
   if num_shards > len(captions):
     raise ValueError(f"--num_shards={num_shards} is more than the {len(captions)} captions of "
-                     f"{args.captions}; pass at most {len(captions)}.")
+                     f"{args.captions or args.image_folder}; pass at most {len(captions)}.")
   config = encoder_config(args.encoder, args.subfolder)
   tokenizer_name = args.tokenizer or args.encoder
   meta = dict(
-      encoder=_name(args.encoder), subfolder=args.subfolder,
+      encoder=text_cache.encoder_name(args.encoder), subfolder=args.subfolder,
       encoder_config_sha256=hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
       encoder_config=config, encoder_dtype=args.encoder_dtype,
-      tokenizer=_name(tokenizer_name), tokenizer_subfolder=args.tokenizer_subfolder,
+      tokenizer=text_cache.encoder_name(tokenizer_name), tokenizer_subfolder=args.tokenizer_subfolder,
       max_length=args.max_length, d_model=config["d_model"], dtype=args.dtype,
-      num_captions=len(captions), num_shards=num_shards, captions=args.captions,
+      num_captions=len(captions), num_shards=num_shards,
+      captions=args.captions or args.image_folder,
       captions_sha256=captions_sha256)
   sources.as_path(args.output).mkdir(parents=True, exist_ok=True)
   _check_or_write_meta(args.output, meta, process_index)
@@ -208,7 +210,11 @@ def precompute(args, process_index: int | None = None, process_count: int | None
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--captions", required=True, help="UTF-8 text file, one caption per line")
+  captions = parser.add_mutually_exclusive_group(required=True)
+  captions.add_argument("--captions", default="", help="UTF-8 text file, one caption per line")
+  captions.add_argument("--image_folder", default="",
+                        help="an image folder (imagefolder layout) with <image>.txt captions: "
+                             "caption i is image i of the imagefolder source (config.data.text_cache)")
   parser.add_argument("--encoder", required=True,
                       help="transformers T5 checkpoint: a local directory or a hub repo id")
   parser.add_argument("--subfolder", default="", help="the encoder's subfolder (e.g. text_encoder)")

@@ -173,7 +173,17 @@ def check_data_dir(data_cfg: Any) -> None:
 
 
 def make_source(data_cfg: Any):
-  """Builds the random-access source named by `data_cfg.source` (see SOURCES)."""
+  """Builds the random-access source named by `data_cfg.source` (see SOURCES), its examples
+  captioned from the prompt-embedding cache `data_cfg.text_cache` when one is named."""
+  source = _make_uncaptioned_source(data_cfg)
+  cache_dir = field(data_cfg, "text_cache", "")
+  if not cache_dir:
+    return source
+  from dit_jax.data import text_cache  # local: as the other optional parts
+  return text_cache.CaptionedSource(source, cache_dir)
+
+
+def _make_uncaptioned_source(data_cfg: Any):
   source = field(data_cfg, "source", SOURCE_DIGITS)
   if source == SOURCE_DIGITS:
     return DigitsSource(digits_upscale(data_cfg))

@@ -17,6 +17,7 @@ caption file's hash; a rerun with other settings is refused rather than mixing s
 The directory may be local or gs://: meta.json and the markers go through etils.epath, the
 shards through ArrayRecord's reader (see latents.py for which schemes it opens).
 """
+import os
 
 import grain
 import ml_dtypes
@@ -31,6 +32,12 @@ DONE_SUFFIX = ".json"
 WRITER_OPTIONS = "group_size:1,uncompressed"
 DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 _HEADER = np.dtype(np.int32).itemsize * 2  # caption index, token count
+
+
+def encoder_name(path_or_repo: str) -> str:
+  """How meta.json names an encoder or tokenizer: a local directory's absolute path, or a hub
+  repo id as given."""
+  return os.path.abspath(path_or_repo) if os.path.isdir(path_or_repo) else path_or_repo
 
 
 def shard_path(cache_dir: str, shard: int, num_shards: int) -> str:
@@ -128,3 +135,59 @@ class TextEmbeddingCache:
 
   def __repr__(self) -> str:
     return f"TextEmbeddingCache(cache_dir={self.cache_dir!r})"
+
+
+class CaptionedSource:
+  """Any data source with the cached embeddings of its captions: example i gets caption i as
+  `context` / `context_mask` (config.data.text_cache). An example a skipping source replaced by
+  the next readable one (`skipped` > 0) gets that example's caption, so image and caption
+  always belong together."""
+
+  def __init__(self, source, cache_dir: str):
+    self._source = source
+    self._cache = TextEmbeddingCache(cache_dir)
+    if len(self._cache) != len(source):
+      raise sources.DataDirError(
+          self._cache.cache_dir, f"the prompt-embedding cache holds {len(self._cache)} captions "
+          f"but {source!r} has {len(source)} examples; caption i must describe example i: build "
+          "the cache from the data's own captions (precompute_text --image_folder ROOT reads an "
+          "image folder's <image>.txt files in the source's order).")
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    element = self._source[index]
+    read = (index + int(element.get("skipped", 0))) % len(self)  # the example actually returned
+    return dict(element, **self._cache[read])
+
+  def __repr__(self) -> str:
+    return f"CaptionedSource({self._source!r}, {self._cache!r})"
+
+
+def training_problems(meta: dict, model_kwargs: dict, text_cfg: dict) -> list[str]:
+  """What keeps a model (config.model kwargs) and config.text from training on a cache with
+  `meta`: each problem names the field and the value that works."""
+  problems = []
+  if model_kwargs.get("text_vocab_size", 0):
+    problems.append(f"config.model.text_vocab_size={model_kwargs['text_vocab_size']}: a model "
+                    "trained on cached encoder outputs has no encoder of its own; set it to 0")
+  if model_kwargs.get("context_dim", 0) != meta["d_model"]:
+    problems.append(f"config.model.context_dim={model_kwargs.get('context_dim', 0)} but the "
+                    f"cached embeddings are {meta['d_model']} wide; set it to {meta['d_model']}")
+  for name, value in text_settings(meta).items():
+    given = text_cfg.get(name, "")
+    if name in ("encoder", "tokenizer"):
+      given = encoder_name(given)
+    if given != value:
+      problems.append(f"config.text.{name}={text_cfg.get(name)!r} but the cache was built with "
+                      f"{value!r}; set it to {value!r} so sampling encodes prompts as "
+                      "training saw them")
+  return problems
+
+
+def text_settings(meta: dict) -> dict:
+  """The config.text fields (dit_jax.text) that encode prompts as the cache with `meta` did."""
+  return dict(encoder=meta["encoder"], encoder_subfolder=meta["subfolder"],
+              tokenizer=meta["tokenizer"], tokenizer_subfolder=meta["tokenizer_subfolder"],
+              max_length=meta["max_length"])
