@@ -48,6 +48,7 @@ import optax
 
 from dit_jax import (config_checks, diffusion, flops, paths, profile_summary, sharding,
                      train_state)
+from dit_jax.models import dit
 
 MODES = ("train", "sample", "loop")
 PROFILE_STEPS = 3  # train steps traced with --profile, after the timed ones
@@ -71,10 +72,14 @@ def model_gflops(config) -> float:
 
 
 def _batch_struct(config, global_batch: int, batch_sharding=None) -> dict:
+  """Shapes of a training batch: x, y and, for text models, context and context_mask."""
   model = train_state.build_model(config)
   shape = (global_batch,) + model.input_shape
+  text = jax.eval_shape(lambda: dit.model_kwargs_for_init(model, global_batch))
   return dict(x=jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding),
-              y=jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=batch_sharding))
+              y=jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=batch_sharding),
+              **{k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                 for k, v in text.items()})
 
 
 def abstract_step_args(config, mesh, abstract_state) -> tuple:
@@ -88,12 +93,19 @@ def abstract_step_args(config, mesh, abstract_state) -> tuple:
 def synthetic_batch(config, mesh, global_batch: int, seed: int = 0) -> dict:
   """A random batch created directly on the devices with the batch sharding."""
   struct = _batch_struct(config, global_batch)
-  num_classes = train_state.build_model(config).num_classes
+  model = train_state.build_model(config)
+  num_classes, vocab = model.num_classes, model.text_vocab_size
 
   def make(key):
-    kx, ky = jax.random.split(key)
-    return dict(x=jax.random.normal(kx, struct["x"].shape, jnp.float32),
-                y=jax.random.randint(ky, struct["y"].shape, 0, num_classes, jnp.int32))
+    kx, ky, kc = jax.random.split(key, 3)
+    batch = dict(x=jax.random.normal(kx, struct["x"].shape, jnp.float32),
+                 y=jax.random.randint(ky, struct["y"].shape, 0, num_classes, jnp.int32))
+    if "context" in struct:  # text models: full-length random captions (ids or embeddings)
+      context = struct["context"]
+      batch.update(context_mask=jnp.ones(struct["context_mask"].shape, bool), context=(
+          jax.random.randint(kc, context.shape, 0, vocab, jnp.int32) if vocab
+          else jax.random.normal(kc, context.shape, jnp.float32)))
+    return batch
 
   return jax.jit(make, out_shardings=sharding.batch_sharding(mesh))(jax.random.key(seed))
 
@@ -238,8 +250,11 @@ def run_sample(config, batch_per_device: int, repeats: int, num_steps: int = 250
   As the official sample.py: the batch is [noise; same noise] with labels [y; null] and the
   model is ``DiT.forward_with_cfg``, so each step runs the network on twice the images.
   """
-  mesh, rules = _prepare(config, batch_per_device)
   model = train_state.build_model(config)
+  if model.context_dim:
+    raise ValueError("--mode sample times class-conditional guidance; this is a text model "
+                     "(config.model.context_dim > 0): use --mode train or loop.")
+  mesh, rules = _prepare(config, batch_per_device)
   n = config.global_batch_size
   rng = jax.random.key(config.seed)
   params = train_state.init_train_state(config, mesh, rng).ema_params

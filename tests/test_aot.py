@@ -81,3 +81,18 @@ def test_scanned_blocks_give_no_estimate():
   assert r.fits is True and r.compiler_flops_per_chip > 0
   assert r.estimated_step_s is None and r.estimated_mfu is None
   assert "loop bodies once" in r.estimate_note
+
+
+def test_compile_text_model_for_v5e_slice():
+  """A cross-attention text model compiles with its captions in the batch: the arguments hold
+  the state plus each chip's rows of context (float32) and mask (bool)."""
+  config = smoke_config()
+  length, width = 16, 128
+  config.model.update(num_classes=1, block_type="cross_attention", context_dim=width,
+                      context_length=length)
+  r = aot.compile_for_topology(config, TOPOLOGY)
+  params = dit.num_params(train_state.build_model(config))
+  rows = config.global_batch_size // CHIPS
+  batch_bytes = rows * ((8 * 8 * 4 + 1) * 4 + length * width * 4 + length)
+  assert 4 * params * 4 + batch_bytes <= r.argument_bytes <= 1.02 * 4 * params * 4 + batch_bytes
+  assert r.fits is True

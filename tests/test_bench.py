@@ -19,7 +19,7 @@ import sys
 import jax
 import pytest
 
-from dit_jax import bench, flops, profile_summary, train_state
+from dit_jax import bench, flops, profile_summary, sharding, train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "grain", "clu")
@@ -184,3 +184,21 @@ def test_video_shapes(devices):
   assert model.input_shape == (4, 8, 8, 4) and model.attention_layout == "factorized"
   assert r["model_gflops_per_image"] == pytest.approx(flops.dit_gflops(model))
   assert math.isfinite(r["loss"]) and r["global_batch_size"] == len(devices)
+
+
+@pytest.mark.parametrize("vocab", [0, 16], ids=["embeddings", "token_ids"])
+def test_text_models(devices, vocab):
+  """Text models are timed with full-length random captions: encoder outputs (B, L, D), or
+  token ids for a model with its own encoder (issue 16); sample mode (class guidance) refuses."""
+  config = smoke_config()
+  config.model.update(num_classes=1, block_type="cross_attention", context_dim=16,
+                      context_length=5, text_vocab_size=vocab)
+  batch = bench.synthetic_batch(config, sharding.create_mesh({"data": -1}, devices), 8)
+  assert batch["context"].shape == ((8, 5) if vocab else (8, 5, 16))
+  assert batch["context_mask"].shape == (8, 5) and bool(batch["context_mask"].all())
+  r = bench.run_train(config, batch_per_device=1, steps=1, warmup=1)
+  model = train_state.build_model(config)
+  assert r["model_gflops_per_image"] == pytest.approx(flops.dit_gflops(model))
+  assert math.isfinite(r["loss"])
+  with pytest.raises(ValueError, match="this is a text model"):
+    bench.run_sample(config, batch_per_device=1, repeats=1, num_steps=2)
