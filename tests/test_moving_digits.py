@@ -187,7 +187,7 @@ def test_input_shape_and_is_video(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(canvas=7), r"canvas=7 \(config.data.image_size\) must be at least 8"),
-    (dict(num_frames=0), r"num_frames=0 \(config.data.num_frames\) must be at least 1"),
+    (dict(num_frames=1), r"num_frames=1 \(config.data.num_frames\) must be at least 2"),
     (dict(split="val"), r"split='val' \(config.data.split\) is not one of \('train', 'test'\)"),
     (dict(videos_per_digit=0), r"videos_per_digit=0 \(config.data.videos_per_digit\)"),
     (dict(seed=-1), r"seed=-1 \(config.data.motion_seed\) must be non-negative"),
@@ -202,6 +202,8 @@ def test_bad_config_fails_before_loading():
     data.input_shape(dict(CFG, image_size=4))
   with pytest.raises(ValueError, match=r"config.data.num_frames=0 must be at least 1"):
     sources.check_data_dir(dict(CFG, num_frames=0))
+  with pytest.raises(ValueError, match=r"num_frames=1 \(config.data.num_frames\) must be at least 2"):
+    sources.check_data_dir(dict(CFG, num_frames=1))  # the grid's motion score needs 2
   with pytest.raises(ValueError, match=r"config.data.num_frames=-2 must be at least 1"):
     data.input_shape(dict(source="videofolder", image_size=32, num_frames=-2))
   with pytest.raises(IndexError, match="outside"):

@@ -42,7 +42,9 @@ def check_args(split: str, num_frames: int, canvas: int, videos_per_digit: int, 
   """ValueError naming the argument (and its config.data field) for an unusable value."""
   problems = [
       (split not in SPLITS, f"split={split!r} (config.data.split) is not one of {SPLITS}"),
-      (num_frames < 1, f"num_frames={num_frames} (config.data.num_frames) must be at least 1"),
+      (num_frames < 2, f"num_frames={num_frames} (config.data.num_frames) must be at least 2: "
+                       "a digit needs frames to move over, and dit_jax.video_quality scores the "
+                       "motion of every training grid"),
       (canvas < _DIGIT, f"canvas={canvas} (config.data.image_size) must be at least {_DIGIT}, "
                         "the digit's side"),
       (videos_per_digit < 1, f"videos_per_digit={videos_per_digit} (config.data.videos_per_digit) "
