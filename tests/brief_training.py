@@ -1,9 +1,9 @@
-"""Shared pieces of the brief-training tests of the built-in defaults (video, text).
+"""Shared pieces of the brief-training tests of the built-in defaults (digits, video, text).
 
-A brief run cannot draw samples yet, so those tests judge learning on the denoiser: clean test
-inputs noised to t = DENOISE_T and denoised in one step (x0 = (x_t - sqrt(1 - abar) eps) /
-sqrt(abar), the closed form of the forward process) must come back closer to the originals,
-and score better, than with an untrained model.
+The video and text defaults cannot draw samples after a brief run, so their tests judge learning
+on the denoiser: clean test inputs noised to t = DENOISE_T and denoised in one step
+(x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), the closed form of the forward process) must come
+back closer to the originals, and score better, than with an untrained model.
 """
 import jax
 import numpy as np
@@ -14,16 +14,20 @@ from dit_jax import train_state as ts
 DENOISE_T = 250
 
 
-def brief_config(config, steps: int, grid_steps: int):
-  """``config`` shortened to ``steps`` of batch 64: one checkpoint and one scored sample grid
-  (``grid_steps`` sampler steps) at the end, three log windows, EMA that follows the weights."""
+def brief_config(config, steps: int, grid_steps: int | None = None, batch_size: int | None = 64,
+                 warmup_steps: int = 30, log_windows: int = 3):
+  """``config`` shortened to ``steps`` of ``batch_size`` (None: the config's): one checkpoint and
+  one scored sample grid (``grid_steps`` sampler steps; None: the config's) at the end,
+  ``log_windows`` log windows, EMA that follows the weights."""
   config.num_train_steps = steps
-  config.global_batch_size = 64
+  if batch_size is not None:
+    config.global_batch_size = batch_size
   config.checkpoint_every_steps = steps
   config.sample_every_steps = steps
-  config.sample_grid_steps = grid_steps
-  config.log_every_steps = steps // 3
-  config.warmup_steps = 30
+  if grid_steps is not None:
+    config.sample_grid_steps = grid_steps
+  config.log_every_steps = steps // log_windows
+  config.warmup_steps = warmup_steps
   config.ema_decay = 0.9  # the default's EMA averages over more steps than a brief run has
   return config
 

@@ -11,6 +11,7 @@ training job writes to TensorBoard with each sample grid.
 import jax
 import numpy as np
 
+import brief_training  # tests/ is on sys.path
 from configs import digits
 from dit_jax import metrics, quality, sample, sharding, sweep, train
 from dit_jax import train_state as ts
@@ -20,19 +21,10 @@ NUM_SAMPLES = 200
 SAMPLING = dict(sampler="ddim", num_steps=50, cfg_scale=1.0)
 
 
-def brief_config():
-  config = digits.get_config()
-  config.num_train_steps = BRIEF_STEPS
-  config.checkpoint_every_steps = BRIEF_STEPS
-  config.sample_every_steps = BRIEF_STEPS
-  config.log_every_steps = BRIEF_STEPS // 4
-  config.warmup_steps = 50
-  config.ema_decay = 0.9  # the default's EMA averages over more steps than this brief run has
-  return config
-
-
 def test_briefly_trained_default_beats_an_untrained_model(tmp_path):
-  config = brief_config()
+  # The default's own batch (256) and grid steps; a longer warmup than the video/text tests.
+  config = brief_training.brief_config(digits.get_config(), BRIEF_STEPS, batch_size=None,
+                                       warmup_steps=50, log_windows=4)
   one_device = jax.devices()[:1]  # the default's mesh fills whatever devices it is given
   train.train(config, str(tmp_path), devices=one_device)
 

@@ -8,8 +8,9 @@
 
 The caption file holds one caption per line (UTF-8; caption i is line i + 1; blank lines are an
 error); --image_folder ROOT instead reads each image's `<image>.txt` in the imagefolder source's
-order, so that training with config.data.text_cache gives every image its own caption. Captions are tokenized with --max_length (longer ones are truncated with a warning that
-names the line) and encoded by the Flax T5 encoder (dit_jax.models.t5), its weights sharded over
+order, so that training with config.data.text_cache gives every image its own caption. Captions
+are tokenized with --max_length (longer ones are truncated with a warning that names the line)
+and encoded by the Flax T5 encoder (dit_jax.models.t5), its weights sharded over
 this process's devices (d_model over fsdp, heads and d_ff over tensor) and each batch split over
 data x fsdp. Shards are split over processes (process p writes shards p, p + P, ...; on a pod pass
 --distributed on every host). Finished shards are skipped, so an interrupted run is resumed by
@@ -66,6 +67,20 @@ def read_captions(path: str) -> tuple[list[str], str]:
   return captions, hashlib.sha256(raw).hexdigest()
 
 
+def captions_name(args) -> str:
+  """Where the captions come from (--captions or --image_folder), for messages and meta.json."""
+  return args.captions or args.image_folder
+
+
+def load_captions(args) -> tuple[list[str], str]:
+  """(captions, sha256 of their text) from --captions FILE or --image_folder ROOT."""
+  if not args.image_folder:
+    return read_captions(args.captions)
+  from dit_jax.data import imagefolder  # pylint: disable=import-outside-toplevel
+  captions = imagefolder.sidecar_captions(args.image_folder)
+  return captions, hashlib.sha256("\n".join(captions).encode()).hexdigest()
+
+
 def encoder_config(encoder: str, subfolder: str) -> dict:
   """T5Encoder keyword arguments from the checkpoint's config.json (no weights are read)."""
   from transformers import AutoConfig  # pylint: disable=import-outside-toplevel
@@ -117,7 +132,7 @@ def _write_shard(path, captions, first_index, encode, tokenizer, args, progress)
     for start in range(0, len(captions), args.batch_size):
       chunk = captions[start:start + args.batch_size]
       ids, mask, cut = tokenize_lines(tokenizer, chunk, first_index + start, args.max_length,
-                                      args.captions or args.image_folder)
+                                      captions_name(args))
       pad = args.batch_size - len(chunk)  # one compiled shape: the last batch repeats its last row
       out = encode(np.concatenate([ids, np.repeat(ids[-1:], pad, 0)]),
                    np.concatenate([mask, np.repeat(mask[-1:], pad, 0)]))
@@ -155,16 +170,11 @@ def precompute(args, process_index: int | None = None, process_count: int | None
   process_count = jax.process_count() if process_count is None else process_count
   if args.max_length < 1:
     raise ValueError(f"--max_length={args.max_length}: pass a positive token count.")
-  if args.image_folder:
-    from dit_jax.data import imagefolder  # pylint: disable=import-outside-toplevel
-    captions = imagefolder.sidecar_captions(args.image_folder)
-    captions_sha256 = hashlib.sha256("\n".join(captions).encode()).hexdigest()
-  else:
-    captions, captions_sha256 = read_captions(args.captions)
+  captions, captions_sha256 = load_captions(args)
   num_shards = args.num_shards or math.ceil(len(captions) / CAPTIONS_PER_SHARD)
   if num_shards > len(captions):
     raise ValueError(f"--num_shards={num_shards} is more than the {len(captions)} captions of "
-                     f"{args.captions or args.image_folder}; pass at most {len(captions)}.")
+                     f"{captions_name(args)}; pass at most {len(captions)}.")
   config = encoder_config(args.encoder, args.subfolder)
   tokenizer_name = args.tokenizer or args.encoder
   meta = dict(
@@ -174,7 +184,7 @@ def precompute(args, process_index: int | None = None, process_count: int | None
       tokenizer=text_cache.encoder_name(tokenizer_name), tokenizer_subfolder=args.tokenizer_subfolder,
       max_length=args.max_length, d_model=config["d_model"], dtype=args.dtype,
       num_captions=len(captions), num_shards=num_shards,
-      captions=args.captions or args.image_folder,
+      captions=captions_name(args),
       captions_sha256=captions_sha256)
   sources.as_path(args.output).mkdir(parents=True, exist_ok=True)
   _check_or_write_meta(args.output, meta, process_index)
