@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Issue 14's GPU matrix in one run on a bare H100/H200 machine (no internet; see
-# ../docs/benchmarks.md "GPU"): XL/2 256 bf16 train step at batch BATCH (default 256, profiled),
-# the same step in PyTorch (diffusers DiT + torch.compile) side by side, then the levers still
-# open and 250-step guided sampling. About 8 minutes; every part runs under a timeout and writes
-# JSON as it goes.
+# Issue 14's open GPU matrix in one run on a bare H100/H200 machine (no internet; see
+# ../docs/benchmarks.md "GPU"), most important part first so that a short budget still measures
+# it: (1) the dit_jax default XL/2 256 bf16 train step at batch BATCH (default 256) and 250-step
+# guided sampling; (2) the same train step in PyTorch (diffusers DiT + torch.compile) side by
+# side; (3) XLA GPU flags, one process each (XLA_FLAGS is read once per process); (4) the open
+# model/optimizer levers; (5) PyTorch sampling side by side. PARTS and FLAG_LIST pick a subset (a second call on
+# the same warm machine runs what the first call's budget left out). Every part runs under a timeout
+# within BUDGET_S, writes JSON as it goes, and a part that fails or times out is logged and the
+# next one starts.
 #
 # Before: on a machine with pip, from the repository root (ignored folder .whl/):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -12,34 +16,77 @@
 # Then on the GPU machine, from the repository root:  OUT=results bash benchmarks/gpu_bench.sh
 set -euo pipefail
 OUT=${OUT:-gpu_bench_results}
-BUDGET_S=${BUDGET_S:-555}  # the whole script; the last lever runs get what is left
+BUDGET_S=${BUDGET_S:-540}  # the whole script; each part gets at most what is left
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 C=${CONFIG:-configs/imagenet.py:variant=XL/2,res=256}
+B=${BATCH:-256}          # the fastest batch measured on an H200 (use 128 on an 80 GB H100)
+SAMPLE_B=${SAMPLE_BATCH:-32}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 cat "$OUT/gpu.txt"
 log() { tee -a "$OUT/run.log"; }
 
-B=${BATCH:-256}  # the fastest batch measured on an H200 (use 128 on an 80 GB H100)
-echo "== dit_jax default, batch $B, profiled" | log
-timeout 170 python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_default.json" \
-  --profile /tmp/profile --run "default:$B" 2>&1 | log || echo "(exit $?)" | log
-python3 -c "import json,sys; json.dump(json.load(open(sys.argv[1]))[0], open(sys.argv[2], 'w'))" \
-  "$OUT/jax_default.json" /tmp/jax_default_one.json || true
+# part NAME LIMIT_S COMMAND...: runs COMMAND under min(LIMIT_S, what is left) seconds.
+part() {
+  local name=$1 limit=$2 left=$((BUDGET_S - SECONDS))
+  shift 2
+  if [ "$left" -lt 30 ]; then echo "== $name: skipped (${left} s left)" | log; return; fi
+  if [ "$limit" -gt "$left" ]; then limit=$left; fi
+  echo "== $name (limit ${limit} s, ${left} s left)" | log
+  timeout "$limit" "$@" 2>&1 | log || echo "(exit ${PIPESTATUS[0]})" | log
+}
 
-echo "== PyTorch diffusers DiT, torch.compile, batch $B" | log
-timeout 200 python3 -m dit_jax.bench_torch --config "$C" --batch_per_device "$B" --steps 10 \
-  --json "$OUT/torch.json" --compare /tmp/jax_default_one.json 2>&1 | log || echo "(exit $?)" | log
+PARTS=${PARTS:-jax torch_train flags levers torch_sample}  # a later call can run the rest
+FLAG_LIST=${FLAG_LIST:-"--xla_gpu_experimental_enable_fusion_block_level_rewriter=true \
+  --xla_gpu_enable_cudnn_layer_norm=true --xla_gpu_enable_triton_gemm=false \
+  --xla_gpu_enable_cublaslt=true --xla_gpu_enable_command_buffer="}
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 
-LEFT=$((BUDGET_S - SECONDS))
-echo "== dit_jax levers and sampling (${LEFT} s left)" | log
-timeout "$LEFT" python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_levers.json" \
-  --run "adam_mu_bf16:$B:adam_mu_dtype=bfloat16" \
-  --run "remat_named:$((2 * B)):model.remat_policy=qkv_attention_mlp_saveable" \
-  --run sample:32:mode=sample 2>&1 | log || echo "(exit $?)" | log
+if wanted jax; then
+  part "dit_jax default: train batch $B, sampling batch $SAMPLE_B" 150 \
+    python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_default.json" \
+    --run "default:$B" --run "sample:$SAMPLE_B:mode=sample"
+  python3 - "$OUT/jax_default.json" <<'EOF' || true
+import json, sys
+for r in json.load(open(sys.argv[1])):
+  if "error" not in r:
+    json.dump(r, open(f"/tmp/jax_{r['mode']}.json", "w"))
+EOF
+fi
 
-for TRACE in /tmp/profile/plugins/profile/*/perfetto_trace.json.gz; do
-  if [ -f "$TRACE" ]; then cp "$TRACE" "$OUT/perfetto_trace.json.gz"; fi
-done
-grep -h "^\[\|ratio\|images/s" "$OUT/run.log" | tail -40 || true
+if wanted torch_train; then
+  part "PyTorch diffusers DiT, torch.compile, train batch $B" 170 \
+    python3 -m dit_jax.bench_torch --config "$C" --batch_per_device "$B" --steps 10 \
+    --json "$OUT/torch_train.json" --compare /tmp/jax_train.json
+fi
+
+# XLA's own fusion, GEMM and launch choices, one process each: Triton block-level codegen for
+# normalization-like fusions; cuDNN LayerNorm; cuBLAS instead of Triton GEMM fusions; cuBLASLt
+# (bias and GELU epilogues fused into the GEMM); no CUDA graphs (command buffers).
+if wanted flags; then
+  for FLAG in $FLAG_LIST; do
+    NAME=$(echo "$FLAG" | sed 's/^--xla_gpu_//; s/^experimental_//; s/=$/_off/; s/=/_/')
+    XLA_FLAGS=$FLAG part "XLA_FLAGS=$FLAG, train batch $B" 90 \
+      python3 -m dit_jax.bench_matrix --config "$C" --json "/tmp/flag_$NAME.json" \
+      --run "flag_$NAME:$B"
+  done
+  # One file for all flag runs (the machine returns at most 8 files).
+  python3 -c "import glob, json, sys; json.dump([r for f in sorted(glob.glob('/tmp/flag_*.json'))
+    for r in json.load(open(f))], open(sys.argv[1], 'w'), indent=1)" "$OUT/flags.json" || true
+fi
+
+if wanted levers; then
+  part "dit_jax levers, train batch $B" 150 \
+    python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_levers.json" \
+    --run "adam_mu_bf16:$B:adam_mu_dtype=bfloat16" \
+    --run "remat_named:$B:model.remat_policy=qkv_attention_mlp_saveable"
+fi
+
+if wanted torch_sample; then
+  part "PyTorch sampling, batch $SAMPLE_B" 150 \
+    python3 -m dit_jax.bench_torch --config "$C" --mode sample --batch_per_device "$SAMPLE_B" \
+    --steps 1 --warmup 0 --json "$OUT/torch_sample.json" --compare /tmp/jax_sample.json
+fi
+
+grep -h "^==\|^\[\|x (\|images/s \|exit" "$OUT/run.log" | tail -40 || true

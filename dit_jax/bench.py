@@ -31,6 +31,7 @@ and sample modes run on a bare accelerator machine; loop mode imports the traini
 import dataclasses
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -135,7 +136,7 @@ def versions() -> dict:
   return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
               flax=flax.__version__, optax=optax.__version__, platform=dev.platform,
               device_kind=dev.device_kind, device_count=jax.device_count(),
-              process_count=jax.process_count())
+              process_count=jax.process_count(), xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 @dataclasses.dataclass
