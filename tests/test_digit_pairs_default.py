@@ -27,7 +27,9 @@ from dit_jax.diffusion import guidance
 from dit_jax.models import t5
 from dit_jax.models.dit import DiT, init_inputs, model_kwargs_for_init
 
-BRIEF_STEPS = 300
+# 150 steps of 64 clear both thresholds below (measured 2026-11-27, trained / untrained: one-step
+# denoising error 0.195 / 0.432, pair accuracy 0.57 / 0.46; at 200 steps 0.193 and 0.58).
+BRIEF_STEPS = 150
 NUM_SAMPLES = 8
 SAMPLING = dict(sampler="ddim", num_steps=10, cfg_scale=1.0)
 
