@@ -26,6 +26,11 @@ SAMPLE_B=${SAMPLE_BATCH:-32}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 cat "$OUT/gpu.txt"
 log() { tee -a "$OUT/run.log"; }
+FLAG_DIR=$(mktemp -d)  # this call's flag runs only (a warm machine keeps /tmp between calls)
+
+# FILE if it exists (a dit_jax result of an earlier part or call), else "": bench_torch's --compare
+# then has nothing to compare with instead of failing after its run.
+existing() { if [ -f "$1" ]; then echo "$1"; fi; }
 
 # part NAME LIMIT_S COMMAND...: runs COMMAND under min(LIMIT_S, what is left) seconds.
 part() {
@@ -59,22 +64,20 @@ fi
 if wanted torch_train; then
   part "PyTorch diffusers DiT, torch.compile, train batch $B" 170 \
     python3 -m dit_jax.bench_torch --config "$C" --batch_per_device "$B" --steps 10 \
-    --json "$OUT/torch_train.json" --compare /tmp/jax_train.json
+    --json "$OUT/torch_train.json" --compare="$(existing /tmp/jax_train.json)"
 fi
 
-# XLA's own fusion, GEMM and launch choices, one process each: Triton block-level codegen for
-# normalization-like fusions; cuDNN LayerNorm; cuBLAS instead of Triton GEMM fusions; cuBLASLt
-# (bias and GELU epilogues fused into the GEMM); no CUDA graphs (command buffers).
+# Each flag of FLAG_LIST in its own process (XLA_FLAGS is read once per process).
 if wanted flags; then
   for FLAG in $FLAG_LIST; do
     NAME=$(echo "$FLAG" | sed 's/^--xla_gpu_//; s/^experimental_//; s/=$/_off/; s/=/_/')
     XLA_FLAGS=$FLAG part "XLA_FLAGS=$FLAG, train batch $B" 150 \
-      python3 -m dit_jax.bench_matrix --config "$C" --json "/tmp/flag_$NAME.json" \
+      python3 -m dit_jax.bench_matrix --config "$C" --json "$FLAG_DIR/$NAME.json" \
       --run "flag_$NAME:$B"
   done
   # One file for all flag runs (the machine returns at most 8 files).
-  python3 -c "import glob, json, sys; json.dump([r for f in sorted(glob.glob('/tmp/flag_*.json'))
-    for r in json.load(open(f))], open(sys.argv[1], 'w'), indent=1)" "$OUT/flags.json" || true
+  python3 -c "import glob, json, sys; json.dump([r for f in sorted(glob.glob(sys.argv[1] + '/*.json'))
+    for r in json.load(open(f))], open(sys.argv[2], 'w'), indent=1)" "$FLAG_DIR" "$OUT/flags.json" || true
 fi
 
 if wanted levers; then
@@ -87,7 +90,7 @@ fi
 if wanted torch_sample; then
   part "PyTorch sampling, batch $SAMPLE_B" 200 \
     python3 -m dit_jax.bench_torch --config "$C" --mode sample --batch_per_device "$SAMPLE_B" \
-    --steps 1 --warmup 0 --json "$OUT/torch_sample.json" --compare /tmp/jax_sample.json
+    --steps 1 --warmup 0 --json "$OUT/torch_sample.json" --compare="$(existing /tmp/jax_sample.json)"
 fi
 
 grep -h "^==\|^\[\|x (\|images/s \|exit" "$OUT/run.log" | tail -40 || true
