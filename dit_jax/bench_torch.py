@@ -242,16 +242,28 @@ def define_flags() -> None:
   flags.mark_flags_as_required(["config"])
 
 
+def read_comparison(path: str | None) -> dict | None:
+  """The dit_jax.bench result that ``--compare`` names, read before the run so that a missing or
+  unreadable file stops the command at once rather than after minutes of compiling and timing."""
+  if not path:
+    return None
+  try:
+    with open(path) as fp:
+      return json.load(fp)
+  except (OSError, json.JSONDecodeError) as e:
+    raise app.UsageError(f"--compare={path}: cannot read a dit_jax.bench JSON there ({e}). Run "
+                         "`python -m dit_jax.bench ... --json FILE` first, or drop --compare.")
+
+
 def main(argv: Any) -> None:
   del argv
   f = flags.FLAGS
+  ours = read_comparison(f.compare)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   result = run(f.config, f.mode, f.batch_per_device, f.steps, f.warmup, f.compile_mode,
                f.num_sampling_steps, f.cfg_scale, device)
   print(bench.format_result(result))
-  if f.compare:
-    with open(f.compare) as fp:
-      ours = json.load(fp)
+  if ours:
     ratio = ours["images_per_s_per_device"] / result["images_per_s_per_device"]
     result["jax_over_torch"] = ratio
     print(f"dit_jax / PyTorch images/s per device: {ratio:.2f}x "

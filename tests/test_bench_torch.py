@@ -85,3 +85,13 @@ def test_cpu_run_fields(mode):
   assert r["mode"] == mode and r["framework"] == "pytorch"
   assert r["images_per_s"] == pytest.approx(4 / r["step_time_s"]["mean"])
   assert r["mfu"] is None and r["versions"]["torch"] == torch.__version__
+
+
+def test_comparison_file_is_read_with_a_clear_error(tmp_path):
+  """main reads --compare before the run; a file that is not there names itself and the fix."""
+  missing = tmp_path / "jax_train.json"
+  with pytest.raises(bench_torch.app.UsageError, match="jax_train.json.*dit_jax.bench"):
+    bench_torch.read_comparison(str(missing))
+  (tmp_path / "ok.json").write_text('{"images_per_s_per_device": 2.0}')
+  assert bench_torch.read_comparison(str(tmp_path / "ok.json")) == {"images_per_s_per_device": 2.0}
+  assert bench_torch.read_comparison(None) is None
