@@ -73,6 +73,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,
       predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
       timestep_respacing="",
+      # Gaussian only: Min-SNR-gamma loss weighting (0 = off, the paper's loss; 5 = Hang et al.).
+      min_snr_gamma=0.0,
       # Flow matching only (objective="flow"): t ~ uniform or logit-normal, SD3's time shift.
       t_sampling="uniform", logit_mean=0.0, logit_std=1.0, time_shift=1.0)
   config.data = dict(

@@ -135,6 +135,11 @@ def _check_training(config) -> None:
   if config.diffusion.get("objective", "gaussian") not in OBJECTIVES:
     raise ConfigError(
         f"config.diffusion.objective={config.diffusion.objective!r} is not one of {OBJECTIVES}.")
+  from dit_jax.diffusion.objective import create_objective  # local: as in _check_sampling
+  try:  # the objective's own checks (schedule, min_snr_gamma), before anything compiles
+    create_objective(config.diffusion)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   for name in ("num_train_steps", "checkpoint_every_steps", "log_every_steps"):
     if config[name] <= 0:
       raise ConfigError(f"config.{name}={config[name]} must be a positive number of steps.")

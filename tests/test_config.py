@@ -27,7 +27,8 @@ def test_configs_have_the_contract_fields_and_validate(config):
     assert name in config.mesh
   for name in ("sampler", "num_sampling_steps", "cfg_scale", "guidance"):
     assert name in config.sample
-  for name in ("t_sampling", "logit_mean", "logit_std", "time_shift"):  # settable by flags
+  for name in ("min_snr_gamma", "t_sampling", "logit_mean", "logit_std",
+               "time_shift"):  # settable by flags
     assert name in config.diffusion
   config_checks.validate(config, num_devices=8, check_data=config.data.source == "digits")
 
@@ -85,6 +86,10 @@ def _smoke():
     (lambda c: setattr(c, "adam_b2", float("-inf")), 8, 1, "config.adam_b2=-inf"),
     (lambda c: setattr(c, "grad_clip_norm", float("nan")), 8, 1, "config.grad_clip_norm=nan"),
     (lambda c: c.diffusion.update(logit_std=float("nan")), 8, 1, "config.diffusion.logit_std=nan"),
+    (lambda c: c.diffusion.update(min_snr_gamma=-1.0), 8, 1, "config.diffusion.min_snr_gamma"),
+    (lambda c: (c.diffusion.update(objective="flow", learn_sigma=False, min_snr_gamma=5.0),
+                c.model.update(learn_sigma=False), c.sample.update(sampler="euler")), 8, 1,
+     "config.diffusion.min_snr_gamma=5.0 weights the Gaussian"),
     (lambda c: setattr(c, "adam_mu_dtype", "float16"), 8, 1, "config.adam_mu_dtype='float16'"),
     # Text fields, checked before the model is built (blocks.text_problems).
     (lambda c: c.model.update(block_type="mmdit"), 8, 1,

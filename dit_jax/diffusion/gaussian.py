@@ -95,11 +95,17 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
   model_mean_type: str = EPSILON
   model_var_type: str = LEARNED_RANGE
   loss_type: str = MSE
+  min_snr_gamma: float = 0.0
 
   def __post_init__(self):
     _check_choice("model_mean_type", self.model_mean_type, MEAN_TYPES)
     _check_choice("model_var_type", self.model_var_type, VAR_TYPES)
     _check_choice("loss_type", self.loss_type, LOSS_TYPES)
+    if self.min_snr_gamma < 0 or (self.min_snr_gamma and self.loss_type == RESCALED_KL):
+      raise ValueError(
+          f"min_snr_gamma={self.min_snr_gamma} (config.diffusion.min_snr_gamma): use 0 (off) or a "
+          "positive gamma such as 5, and only with the MSE loss (it weights the mse term; use_kl "
+          "trains on the bound alone).")
     base_betas = schedules.get_named_beta_schedule(self.noise_schedule, self.diffusion_steps)
     if not ((base_betas > 0).all() and (base_betas <= 1).all()):
       raise ValueError(
@@ -124,6 +130,16 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     """Entries ``t`` of table ``name`` as float32, shaped (B, 1, ..., 1) to broadcast on rank ``ndim``."""
     values = jnp.asarray(getattr(self, name).astype(np.float32))[jnp.asarray(t)]
     return values.reshape(values.shape + (1,) * (ndim - values.ndim))
+
+  def min_snr_weight(self, t):
+    """Min-SNR-gamma loss weight of timesteps ``t`` (Hang et al. 2023, "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy"), float32 (B,): min(SNR, gamma) / SNR for an eps
+    target and min(SNR, gamma) for an x_0 target, SNR = abar / (1 - abar). It caps the weight of
+    the nearly clean, easy timesteps whose gradients dominate and conflict with the rest."""
+    alpha_bar = self.extract("alphas_cumprod", t, 1)
+    snr = alpha_bar / (1.0 - alpha_bar)
+    capped = jnp.minimum(snr, self.min_snr_gamma)
+    return capped / snr if self.model_mean_type == EPSILON else capped
 
   def model_output(self, model_fn, x, t, model_kwargs=None):
     """``model_fn(x, timestep_map[t], **model_kwargs)`` as float32, channel count checked."""
@@ -231,7 +247,9 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     With a learned variance ``vb`` is the bound term computed with the mean output
     stop-gradiented (so vb trains only the variance), scaled by num_timesteps / 1000 for
     rescale_learned_sigmas, and loss = mse + vb. For use_kl, loss = vb * num_timesteps (mse is
-    then only reported). With a fixed variance and MSE, vb is zero and loss = mse.
+    then only reported). With a fixed variance and MSE, vb is zero and loss = mse. With
+    ``min_snr_gamma`` > 0 the mse term of the loss is multiplied by ``min_snr_weight(t)`` (the
+    reported ``mse`` stays unweighted; vb is not weighted).
 
     Args:
       model_fn: ``model_fn(x_t, timesteps, **model_kwargs)`` -> NHWC output.
@@ -250,6 +268,7 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     mean_output = output[..., :x_start.shape[-1]]
     target = noise if self.model_mean_type == EPSILON else x_start
     mse = losses.mean_flat(jnp.square(target - mean_output))
+    mse_term = self.min_snr_weight(t) * mse if self.min_snr_gamma else mse
     if self.loss_type == RESCALED_KL:
       vb = self.vb_terms_bpd(output, x_start, x_t, t)
       loss = vb * self.num_timesteps
@@ -259,17 +278,19 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
       vb = self.vb_terms_bpd(frozen, x_start, x_t, t)
       if self.loss_type == RESCALED_MSE:
         vb = vb * (self.num_timesteps / 1000.0)
-      loss = mse + vb
+      loss = mse_term + vb
     else:
       vb = jnp.zeros_like(mse)
-      loss = mse
+      loss = mse_term
     return dict(loss=loss, mse=mse, vb=vb)
 
 
 def create_diffusion(timestep_respacing="", noise_schedule=schedules.LINEAR, use_kl=False,
                      sigma_small=False, predict_xstart=False, learn_sigma=True,
-                     rescale_learned_sigmas=False, diffusion_steps=1000) -> GaussianDiffusion:
-  """The official DiT ``create_diffusion``: same arguments, same process.
+                     rescale_learned_sigmas=False, diffusion_steps=1000,
+                     min_snr_gamma=0.0) -> GaussianDiffusion:
+  """The official DiT ``create_diffusion``: same arguments, same process; ``min_snr_gamma`` > 0
+  (not in the official code) weights the training loss's mse term by Min-SNR-gamma.
 
   ``timestep_respacing`` is a respacing string ("", "250", "20,10,5", "ddim50") or a list of
   section counts; None or "" keeps all ``diffusion_steps`` steps.
@@ -292,4 +313,5 @@ def create_diffusion(timestep_respacing="", noise_schedule=schedules.LINEAR, use
       timestep_respacing=timestep_respacing or "",
       model_mean_type=START_X if predict_xstart else EPSILON,
       model_var_type=var_type,
-      loss_type=loss_type)
+      loss_type=loss_type,
+      min_snr_gamma=float(min_snr_gamma))

@@ -20,7 +20,7 @@ SAMPLERS = {GAUSSIAN: ("ddpm", "ddim"), FLOW: ("euler", "heun", "euler_maruyama"
 _DEFAULTS = dict(
     objective=GAUSSIAN, noise_schedule=schedules.LINEAR, diffusion_steps=1000, learn_sigma=True,
     predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
-    timestep_respacing="", t_sampling=flow.UNIFORM, logit_mean=0.0, logit_std=1.0, time_shift=1.0)
+    timestep_respacing="", min_snr_gamma=0.0, t_sampling=flow.UNIFORM, logit_mean=0.0, logit_std=1.0, time_shift=1.0)
 
 
 def _field(cfg, name):
@@ -45,6 +45,11 @@ def create_objective(diffusion_cfg, timestep_respacing=None):
   the config's (Gaussian only; training uses "" as DiT does).
   """
   if _objective_name(diffusion_cfg) == FLOW:
+    if _field(diffusion_cfg, "min_snr_gamma"):
+      raise ValueError(
+          f"config.diffusion.min_snr_gamma={_field(diffusion_cfg, 'min_snr_gamma')} weights the "
+          "Gaussian objective's loss; flow matching shapes training with t_sampling / logit_mean / "
+          "logit_std instead: set min_snr_gamma=0.")
     return flow.FlowMatching(
         t_sampling=_field(diffusion_cfg, "t_sampling"),
         logit_mean=float(_field(diffusion_cfg, "logit_mean")),
@@ -60,7 +65,8 @@ def create_objective(diffusion_cfg, timestep_respacing=None):
       predict_xstart=bool(_field(diffusion_cfg, "predict_xstart")),
       learn_sigma=bool(_field(diffusion_cfg, "learn_sigma")),
       rescale_learned_sigmas=bool(_field(diffusion_cfg, "rescale_learned_sigmas")),
-      diffusion_steps=int(_field(diffusion_cfg, "diffusion_steps")))
+      diffusion_steps=int(_field(diffusion_cfg, "diffusion_steps")),
+      min_snr_gamma=float(_field(diffusion_cfg, "min_snr_gamma")))
 
 
 @functools.partial(jax.jit, static_argnames=(
