@@ -88,7 +88,8 @@ def test_cpu_run_fields(mode):
 
 
 def test_comparison_file_is_read_with_a_clear_error(tmp_path):
-  """main reads --compare before the run; a file that is not there names itself and the fix."""
+  """read_comparison (main calls it before the run): a --compare file that is not there is
+  refused naming itself and the fix; a readable one is returned; no flag gives None."""
   missing = tmp_path / "jax_train.json"
   with pytest.raises(bench_torch.app.UsageError, match="jax_train.json.*dit_jax.bench"):
     bench_torch.read_comparison(str(missing))

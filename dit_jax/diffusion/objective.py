@@ -20,7 +20,8 @@ SAMPLERS = {GAUSSIAN: ("ddpm", "ddim"), FLOW: ("euler", "heun", "euler_maruyama"
 _DEFAULTS = dict(
     objective=GAUSSIAN, noise_schedule=schedules.LINEAR, diffusion_steps=1000, learn_sigma=True,
     predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
-    timestep_respacing="", min_snr_gamma=0.0, t_sampling=flow.UNIFORM, logit_mean=0.0, logit_std=1.0, time_shift=1.0)
+    timestep_respacing="", min_snr_gamma=0.0,
+    t_sampling=flow.UNIFORM, logit_mean=0.0, logit_std=1.0, time_shift=1.0)
 
 
 def _field(cfg, name):
