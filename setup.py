@@ -25,6 +25,7 @@ setup(
         # pytorch-fid (whose torchvision import tests/fid_oracle.py shims beside the CPU torch).
         "test": [
             "pytest>=8.0",
+            "pytest-xdist>=3.5",  # the README's test command runs two workers (-n 2)
             "torch==2.13.0",
             "torchvision==0.28.0",
             "pytorch-fid==0.3.0",

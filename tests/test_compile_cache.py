@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from dit_jax import compile_cache
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,6 +26,7 @@ def _train(workdir, cache_dir):
   return sorted(p.name for p in pathlib.Path(cache_dir).iterdir() if p.name.endswith("-cache"))
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_first_runs_programs(tmp_path):
   cache_dir = tmp_path / "jax-cache"
   first = _train(tmp_path / "run1", cache_dir)

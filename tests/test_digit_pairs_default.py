@@ -120,6 +120,7 @@ def denoised_pair_scores(config, params, canvases, prompts):
   return dict(scores, mse=float(np.mean((denoised - canvases) ** 2)))
 
 
+@pytest.mark.slow
 def test_briefly_trained_text_default_learns(tmp_path):
   """A brief run cannot draw the pairs yet (the full default does not: README "Text
   conditioning"), so learning is judged on the denoiser: test canvases noised to t = 250 and

@@ -16,6 +16,7 @@ training job writes to TensorBoard with each sample grid.
 """
 import jax
 import numpy as np
+import pytest
 
 import brief_training  # tests/ is on sys.path
 from configs import digits
@@ -28,6 +29,7 @@ NUM_SAMPLES = 100
 SAMPLING = dict(sampler="ddim", num_steps=50, cfg_scale=4.0)
 
 
+@pytest.mark.slow
 def test_briefly_trained_default_beats_an_untrained_model(tmp_path):
   # The default's grid steps; a longer warmup than the video/text tests.
   config = brief_training.brief_config(digits.get_config(), BRIEF_STEPS, batch_size=BATCH,

@@ -122,6 +122,7 @@ def test_features_equal_one_shot_on_1_and_8_devices(params, devices):
     features.extract_from(images, params, batch_size=12)
 
 
+@pytest.mark.slow
 def test_fid_is_small_between_halves_of_the_digits_and_large_for_noise(params, digit_images):
   """(A set against itself scores ~0: the CLI test.)"""
   first, second = digit_images[:NUM], digit_images[NUM:]
@@ -159,6 +160,7 @@ def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_ima
   np.testing.assert_allclose(stats_only.sigma, made.sigma)
 
 
+@pytest.mark.slow
 def test_cli_make_reference_then_evaluate(tmp_path, weights_file, digit_images):
   """The two commands of the README's Evaluate section on 32 digits, as subprocesses."""
   ref, out = tmp_path / "ref.npz", tmp_path / "metrics.json"
@@ -187,6 +189,7 @@ def test_cli_make_reference_then_evaluate(tmp_path, weights_file, digit_images):
   assert f"dit_jax.evaluate: {ref} has no images ('arr_0')" in bad.stderr
 
 
+@pytest.mark.slow
 def test_training_logs_fid_and_the_sweep_collects_it(tmp_path, weights_file, params, digit_images):
   ref = tmp_path / "ref.npz"
   reference.make_reference(digit_images, params, str(ref), batch_size=16)
@@ -226,6 +229,7 @@ def test_eval_config_problems_are_named(tmp_path):
   config_checks.validate(config, num_devices=8)
 
 
+@pytest.mark.slow
 def test_two_processes_score_as_one(tmp_path, weights_file, params, digit_images):
   """Two processes x 4 devices (jax.distributed on 127.0.0.1), each reading its rows of the npz,
   give the one-process numbers."""

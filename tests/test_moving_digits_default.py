@@ -15,6 +15,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 import brief_training  # tests/ is on sys.path
@@ -35,6 +36,7 @@ def denoised_scores(config, params, videos, labels):
   return dict(scores, mse=float(np.mean((denoised - videos) ** 2)))
 
 
+@pytest.mark.slow
 def test_briefly_trained_video_default_beats_an_untrained_model(tmp_path):
   config = brief_training.brief_config(moving_digits.get_config(), BRIEF_STEPS, 10)
   one_device = jax.devices()[:1]

@@ -101,6 +101,7 @@ def reference(tmp_path_factory, devices):
   return jax.device_get(train.train(_config(STEPS), str(tmp_path_factory.mktemp("reference"))))
 
 
+@pytest.mark.slow
 def test_one_process_then_two_processes(reference, tmp_path, devices):
   train.train(_config(FIRST), str(tmp_path), devices=devices)
   _train_two_processes(tmp_path, STEPS)
@@ -113,6 +114,7 @@ def test_one_process_then_two_processes(reference, tmp_path, devices):
   _assert_close(got, reference)
 
 
+@pytest.mark.slow
 def test_two_processes_preempted_then_one_process(reference, tmp_path, devices):
   errors = _train_two_processes(tmp_path, 100 * STEPS, preempt=True)
   saved = max(_steps(tmp_path))

@@ -12,6 +12,7 @@ stand in for the SD-VAE and ImageNet; the model is the ImageNet config's smoke v
 """
 import jax
 import numpy as np
+import pytest
 
 from configs import imagenet
 from dit_jax import data, sharding, train
@@ -33,6 +34,7 @@ def _params(state):
   return jax.tree.leaves(jax.device_get(state.params))
 
 
+@pytest.mark.slow
 def test_few_steps_from_the_latent_cache(tmp_path):
   cache_cfg = testing.make_latent_cache(str(tmp_path / "build"), image_size=IMAGE_SIZE, num_images=8)
   config = smoke_config(cache_cfg)
@@ -65,6 +67,7 @@ def test_on_the_fly_encoding_is_the_scaled_vae_posterior(tmp_path):
   np.testing.assert_array_equal(np.asarray(encoded["y"]), pixels["y"])
 
 
+@pytest.mark.slow
 def test_on_the_fly_training_resumes_bit_identically(tmp_path):
   config = _folder_config(tmp_path, logvar_bias=0.0)
   one = jax.devices()[:1]
