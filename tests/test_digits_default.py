@@ -7,10 +7,11 @@ large Fréchet distance; the default recipe, trained for a fraction of its sched
 clearly better on both, so the test fails if training, the checkpoint's EMA or sampling breaks.
 Both models are sampled with classifier-free guidance 4 (the paper's scale): a brief run knows
 the class before it draws it reliably, and guidance brings that out (measured at 500 steps of
-128: accuracy 0.21 / 0.43 / 0.66 at guidance 1 / 2 / 4, Fréchet distance 24 / 16 / 24 against
-129 untrained), while the untrained model's eps = 0 is unchanged by guidance. At 300 steps of
-128 or 250 of 256 it still scores 0.17 and 0.11 with guidance, so the run keeps 500 steps, at
-batch 128 (the test: 156 s on the 2-core machine, against 180 s at the default's 256 unguided).
+128: accuracy 0.21 / 0.43 / 0.66 at guidance 1 / 2 / 4), while the untrained model's eps = 0 is
+unchanged by guidance. The run is 700 steps of 64 (measured 2026-11-27: accuracy 0.78, Fréchet
+distance 45 against the untrained 0.11 and 131; 114 s on the 2-core machine): on that CPU a step
+of 128 costs as much as one of 256 (docs/benchmarks.md, "Batch size and the CPU compiler") and
+twice one of 64, and fewer steps fail (500 of 64: 0.29; 300 of 128 or 250 of 256: 0.17, 0.11).
 The run also has to log the periodic quality evaluation (eval/accuracy, eval/fd, ...) that the
 training job writes to TensorBoard with each sample grid.
 """
@@ -23,8 +24,8 @@ from configs import digits
 from dit_jax import metrics, quality, sample, sharding, sweep, train
 from dit_jax import train_state as ts
 
-BRIEF_STEPS = 500
-BATCH = 128
+BRIEF_STEPS = 700
+BATCH = 64
 NUM_SAMPLES = 100
 SAMPLING = dict(sampler="ddim", num_steps=50, cfg_scale=4.0)
 
