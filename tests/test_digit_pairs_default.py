@@ -27,10 +27,10 @@ from dit_jax.diffusion import guidance
 from dit_jax.models import t5
 from dit_jax.models.dit import DiT, init_inputs, model_kwargs_for_init
 
-# 200 steps of 32 clear both thresholds below (measured 2026-11-27, trained / untrained: one-step
-# denoising error 0.194 / 0.432, pair accuracy 0.60 / 0.46; the test: 81 s on the 2-core machine,
-# against 108 s at 150 steps of 64, which scored 0.57, and 100 of 128, 0.51: too little). Batch 64
-# is a slow shape for this model on that CPU (docs/benchmarks.md, "Batch size and the CPU compiler").
+# 200 steps of 32 clear both thresholds below (measured 2026-11-27 with the default's 4 x 4
+# patches, trained / untrained: one-step denoising error 0.183 / 0.432, pair accuracy 0.60 / 0.46;
+# the test: 55 s on the 2-core machine). With 2 x 2 patches the same run scored 0.194 and 0.60,
+# 150 steps of 64 0.57 and 100 of 128 0.51 (too little).
 BRIEF_STEPS = 200
 BATCH = 32
 NUM_SAMPLES = 8
