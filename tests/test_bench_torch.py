@@ -8,6 +8,8 @@ log variance. Then a short run of each mode with diffusers' DiTTransformer2DMode
 """
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -96,3 +98,16 @@ def test_comparison_file_is_read_with_a_clear_error(tmp_path):
   (tmp_path / "ok.json").write_text('{"images_per_s_per_device": 2.0}')
   assert bench_torch.read_comparison(str(tmp_path / "ok.json")) == {"images_per_s_per_device": 2.0}
   assert bench_torch.read_comparison(None) is None
+
+
+def test_command_refuses_a_missing_comparison_before_running(tmp_path):
+  """The command as a user runs it: a missing --compare file stops it with the usage error
+  before any model is built or timed (no result line printed)."""
+  missing = tmp_path / "jax_train.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "dit_jax.bench_torch", "--config", "configs/digits.py",
+       "--steps", "1", "--warmup", "0", f"--compare={missing}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert f"--compare={missing}: cannot read" in proc.stderr, proc.stderr[-2000:]
+  assert "images/s" not in proc.stdout, proc.stdout
