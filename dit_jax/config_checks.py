@@ -10,11 +10,12 @@ from typing import Any, Mapping
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
-# DiT's defaults for the fields video_problems and text_problems read (images: no frames,
+# DiT's defaults for the fields video_problems, text_problems and pos_embed_problems read (images: no frames,
 # joint attention; class-conditional: no text context).
 _MODEL_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
                        block_type="adaln_zero", context_dim=0, context_length=0,
-                       num_classes=1000, attention_impl="auto", pooled_text=False)
+                       num_classes=1000, attention_impl="auto", pooled_text=False,
+                       pos_embed="sincos")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ADAM_MU_DTYPES = ("float32", "bfloat16")
 
@@ -64,7 +65,8 @@ def _check_model(config) -> None:
         f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
         f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
   model = types.SimpleNamespace(**{**_MODEL_DEFAULTS, **kw})
-  problems = blocks.video_problems(model) + blocks.text_problems(model)
+  problems = (blocks.video_problems(model) + blocks.text_problems(model)
+              + blocks.pos_embed_problems(model))
   if problems:
     raise ConfigError("config.model." + "; config.model.".join(problems) + ".")
   width, heads = kw["hidden_size"], kw["num_heads"]

@@ -6,7 +6,8 @@ References are independent of the code under test:
 - Tubelet embedding against an explicit numpy patch extraction and matmul; unpatchify against
   numpy's reshape of the documented (pt, p, p, C) feature layout.
 - Spatial / temporal blocks equal the joint block applied to each frame / each patch position's
-  frames separately (same parameters): attention is grouped and nothing else changes.
+  frames separately (same parameters): attention is grouped and nothing else changes; with
+  RoPE too, whose rotations within a group depend on offsets inside it only.
 - Gflops against the closed-form per-block terms of the paper's convention.
 - The training step with tokens sharded over 4 devices (mesh data=2, sequence=4) and with
   parameters over fsdp equals the one-device step (loss, gradient norm, updated parameters).
@@ -94,19 +95,26 @@ def test_tubelet_embedding_and_unpatchify_follow_the_layout(pt):
   np.testing.assert_array_equal(back, x)
 
 
-def _block_pair(axis, frames):
+def _block_pair(axis, frames, per_frame, rope):
+  """The grouped block and the joint block that, applied to one group, should give its output.
+  With RoPE the grouped block rotates over the whole (frames, 1, per_frame) grid and the joint
+  one over the group's own grid: a frame's row of tokens, or one position's frames."""
   kw = dict(num_heads=4, mlp_ratio=2.0, block_type="adaln", attention_impl="xla",
             dtype=jnp.float32, param_dtype=jnp.float32)
-  return DiTBlock(attention_axis=axis, frames=frames, **kw), DiTBlock(**kw)
+  group_grid = (1, 1, per_frame) if axis == "spatial" else (frames, 1, 1)
+  return (DiTBlock(attention_axis=axis, frames=frames,
+                   rope_grid=(frames, 1, per_frame) if rope else (), **kw),
+          DiTBlock(rope_grid=group_grid if rope else (), **kw))
 
 
+@pytest.mark.parametrize("rope", [False, True])
 @pytest.mark.parametrize("axis", ["spatial", "temporal"])
-def test_grouped_block_is_the_joint_block_per_group(axis):
-  frames, per_frame, d = 3, 4, 16
+def test_grouped_block_is_the_joint_block_per_group(axis, rope):
+  frames, per_frame, d = 3, 4, 32
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, frames * per_frame, d)).astype(np.float32)
   cond = rng.standard_normal((2, d)).astype(np.float32)
-  grouped, joint = _block_pair(axis, frames)
+  grouped, joint = _block_pair(axis, frames, per_frame, rope)
   variables = _random_variables_of(grouped, x, cond)
   out = np.asarray(grouped.apply(variables, x, cond))
   xs = x.reshape(2, frames, per_frame, d)
@@ -172,6 +180,9 @@ def test_gflops_closed_form_for_video():
     (dict(num_frames=4, attention_layout="factorized", depth=3), "depth=3 must be even"),
     (dict(num_frames=4, attention_layout="factorized", block_type="in_context"), "in_context"),
     (dict(num_frames=4, attention_layout="diagonal"), "attention_layout='diagonal' must be one of"),
+    (dict(pos_embed="learned"), "pos_embed='learned' must be one of"),
+    (dict(pos_embed="rope", num_heads=8), "head width hidden_size / num_heads = 4 must be even and "
+                                          "at least 6"),
 ])
 def test_bad_video_fields_are_refused_before_compiling(fields, message):
   from configs import moving_digits  # pylint: disable=import-outside-toplevel
@@ -193,11 +204,11 @@ def _one_step(config, mesh, batch):
   return jax.device_get(new_state.params), jax.device_get(metrics)
 
 
-@pytest.mark.parametrize("layout", ["joint", "factorized"])
-def test_tokens_sharded_over_devices_train_like_one_device(devices, layout):
+@pytest.mark.parametrize("layout, pos_embed", [("joint", "sincos"), ("factorized", "sincos+rope")])
+def test_tokens_sharded_over_devices_train_like_one_device(devices, layout, pos_embed):
   from configs import moving_digits  # pylint: disable=import-outside-toplevel
   config = moving_digits.get_config("smoke")
-  config.model.attention_layout = layout
+  config.model.update(attention_layout=layout, pos_embed=pos_embed)
   config.global_batch_size = 4
   rng = np.random.default_rng(0)
   shape = (4,) + ts.build_model(config).input_shape

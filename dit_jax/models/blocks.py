@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from dit_jax.models import layers
+from dit_jax.models import layers, rope
 from dit_jax.models.layers import (EMBED, MODULATION, PATCH, TEXT_TOKENS, TOKENS, Dense,
                                    layer_norm, modulate)
 
@@ -43,7 +43,10 @@ class DiTBlock(nn.Module):
   ``scanned`` the block returns (x, None), the carry/output pair ``nn.scan`` expects.
   ``attention_axis`` is "joint" (all tokens), "spatial" (tokens of the same frame) or
   "temporal" (tokens of the same patch position in the ``frames`` frames); only self-attention
-  is grouped, everything else acts per token.
+  is grouped, everything else acts per token. ``rope_grid`` is the model's whole token grid
+  ((t, rows, cols) for videos, (rows, cols) for images; () for no RoPE): each attention rotates
+  its queries and keys by their place in it (spatial attention sees one frame, temporal one
+  patch position).
   """
   num_heads: int
   mlp_ratio: float
@@ -54,6 +57,14 @@ class DiTBlock(nn.Module):
   scanned: bool = False
   attention_axis: str = "joint"
   frames: int = 1
+  rope_grid: tuple[int, ...] = ()
+
+  def _attended_grid(self) -> tuple[int, ...]:
+    """The extents of the token grid one self-attention sees (() without RoPE)."""
+    if not self.rope_grid or self.attention_axis == "joint":
+      return self.rope_grid
+    frames, rows, cols = self.rope_grid
+    return (1, rows, cols) if self.attention_axis == "spatial" else (frames, 1, 1)
 
   def _self_attention(self, attn: nn.Module, x: jax.Array) -> jax.Array:
     if self.attention_axis == "joint":
@@ -69,7 +80,8 @@ class DiTBlock(nn.Module):
     d = x.shape[-1]
     x = nn.with_logical_constraint(x, TOKENS)
     attn = functools.partial(
-        self._self_attention, layers.Attention(self.num_heads, self.attention_impl, name="attn", **kw))
+        self._self_attention, layers.Attention(self.num_heads, self.attention_impl, name="attn",
+                                              rope_grid=self._attended_grid(), **kw))
     mlp = layers.Mlp(self.mlp_ratio, name="mlp", **kw)
     text = context is not None
     if self.block_type in ADAPTIVE_BLOCKS or text:
@@ -110,7 +122,7 @@ class FactorizedBlockPair(DiTBlock):
                context_lengths: jax.Array | None = None):
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
               attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
-              frames=self.frames)
+              frames=self.frames, rope_grid=self.rope_grid)
     x = DiTBlock(name="spatial", attention_axis="spatial", **kw)(x, cond, context, context_lengths)
     x = DiTBlock(name="temporal", attention_axis="temporal", **kw)(x, cond, context, context_lengths)
     return (x, None) if self.scanned else x
@@ -158,7 +170,8 @@ class MMDiTBlock(DiTBlock):
   its own ``JointStream`` weights ("x_block", "context_block"), one attention over the
   concatenation [image; text] in which only the first ``context_lengths`` (B,) text tokens are
   keys (the padding at the end is masked). Both streams are updated; the carry is (x, context)
-  so ``nn.scan`` threads the text stream through the blocks. The identity at init."""
+  so ``nn.scan`` threads the text stream through the blocks. The identity at init. With RoPE
+  only the image queries and keys are rotated."""
 
   @nn.compact
   def __call__(self, carry: tuple[jax.Array, jax.Array], cond: jax.Array,
@@ -170,6 +183,9 @@ class MMDiTBlock(DiTBlock):
               dtype=self.dtype, param_dtype=self.param_dtype)
     image, text = JointStream(name="x_block", **kw), JointStream(name="context_block", **kw)
     image_qkv, image_mod = image.attention_inputs(x, cond)
+    if self.rope_grid:  # image tokens only: the caption has no grid position
+      table = rope.angles(self.rope_grid, image_qkv[0].shape[-1])
+      image_qkv = (rope.rotate(image_qkv[0], table), rope.rotate(image_qkv[1], table), image_qkv[2])
     text_qkv, text_mod = text.attention_inputs(context, cond)
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(image_qkv, text_qkv))
     tokens = x.shape[1]
@@ -227,6 +243,20 @@ def video_problems(model) -> list[str]:
       problems.append("attention_layout='factorized' cannot group the extra tokens of "
                       "block_type='in_context'; use 'joint' or another block type")
   return problems
+
+
+def pos_embed_problems(model) -> list[str]:
+  """What is wrong with a model's ``pos_embed`` (with hidden_size and num_heads): [] when
+  nothing is. Works on a DiT or any object with those attributes."""
+  if model.pos_embed not in rope.POS_EMBEDS:
+    return [f"pos_embed={model.pos_embed!r} must be one of {rope.POS_EMBEDS}"]
+  axes = 3 if model.num_frames else 2
+  head_dim = model.hidden_size // max(model.num_heads, 1)
+  if "rope" in model.pos_embed and (head_dim % 2 or head_dim < 2 * axes):
+    return [f"pos_embed={model.pos_embed!r} rotates pairs of head features on each of {axes} grid "
+            f"axes: the head width hidden_size / num_heads = {head_dim} must be even and at least "
+            f"{2 * axes}; use fewer heads or pos_embed='sincos'"]
+  return []
 
 
 def text_problems(model) -> list[str]:

@@ -30,8 +30,8 @@ from flax import linen as nn
 
 from dit_jax.models import layers, t5
 from dit_jax.models.blocks import (ADAPTIVE_BLOCKS, BLOCK_TYPES, TEXT_BLOCK_TYPES, DiTBlock,
-                                   FactorizedBlockPair, FinalLayer, MMDiTBlock, text_problems,
-                                   video_problems)
+                                   FactorizedBlockPair, FinalLayer, MMDiTBlock,
+                                   pos_embed_problems, text_problems, video_problems)
 from dit_jax.models.layers import EMBED, TEXT_TOKENS, TOKENS
 
 TEXT_HEAD_DIM = 32  # head width of the model's own text encoder (text_vocab_size > 0)
@@ -116,6 +116,10 @@ class DiT(nn.Module):
   (0: square, W = H, the official case). Both must be multiples of ``patch_size``; tokens stay
   row-major over the (H/p, W/p) grid and the position table is the official formula on that
   grid (first half column, second half row), so several aspect ratios share one set of weights.
+
+  Positions: ``pos_embed`` "sincos" (the paper's fixed table added to the tokens), "rope"
+  (rotary embedding of each self-attention's queries and keys over the token grid,
+  ``dit_jax.models.rope``: attention then sees offsets, not places) or "sincos+rope".
   """
   input_size: int = 32
   patch_size: int = 2
@@ -142,6 +146,7 @@ class DiT(nn.Module):
   text_vocab_size: int = 0
   text_encoder_layers: int = 2
   pooled_text: bool = False
+  pos_embed: str = "sincos"
 
   @property
   def out_channels(self) -> int:
@@ -161,6 +166,14 @@ class DiT(nn.Module):
   def grid_size(self) -> tuple[int, int]:
     """(rows, cols) of one frame's token grid: (H / patch_size, W / patch_size)."""
     return tuple(side // self.patch_size for side in self.spatial_size)
+
+  @property
+  def rope_grid(self) -> tuple[int, ...]:
+    """The token grid RoPE rotates over: (tubelets, rows, cols) for videos, (rows, cols) for
+    images; () when ``pos_embed`` has no RoPE."""
+    if "rope" not in self.pos_embed:
+      return ()
+    return ((self.temporal_tokens,) if self.num_frames else ()) + self.grid_size
 
   @property
   def num_tokens(self) -> int:
@@ -189,7 +202,7 @@ class DiT(nn.Module):
     if self.block_type not in BLOCK_TYPES + TEXT_BLOCK_TYPES:
       problems.append(f"block_type={self.block_type!r} must be one of {BLOCK_TYPES} (class "
                       f"models) or {TEXT_BLOCK_TYPES} (text models, context_dim > 0)")
-    problems += video_problems(self) + text_problems(self)
+    problems += video_problems(self) + text_problems(self) + pos_embed_problems(self)
     expected = self.input_shape
     if tuple(x.shape[1:]) != expected:
       problems.append(f"input of shape {tuple(x.shape)} does not match (B, {expected}) of the config")
@@ -209,7 +222,7 @@ class DiT(nn.Module):
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_blocks)
     kw = dict(num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, block_type=self.block_type,
               attention_impl=self.attention_impl, dtype=self.dtype, param_dtype=self.param_dtype,
-              frames=self.temporal_tokens)
+              frames=self.temporal_tokens, rope_grid=self.rope_grid)
     if self.scan_blocks:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * len(args), length=count,
@@ -295,9 +308,9 @@ class DiT(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.PatchEmbed(self.patch_size, self.hidden_size, self.temporal_patch_size,
                           name="x_embedder", **kw)(x)
-    # A constant, not a parameter; the 2-D table for images (one temporal token).
-    pos = layers.sincos_pos_embed_3d(self.hidden_size, self.temporal_tokens, self.grid_size)
-    h = h + jnp.asarray(pos, self.dtype)[None]
+    if "sincos" in self.pos_embed:  # a constant, not a parameter; 2-D for images
+      pos = layers.sincos_pos_embed_3d(self.hidden_size, self.temporal_tokens, self.grid_size)
+      h = h + jnp.asarray(pos, self.dtype)[None]
     t_emb = layers.TimestepEmbedder(self.hidden_size, name="t_embedder", **kw)(t)
     labels = layers.LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob,
                                   name="y_embedder", **kw)

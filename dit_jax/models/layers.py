@@ -32,6 +32,8 @@ from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
 
+from dit_jax.models import rope
+
 # Logical axis names (keep identical to dit_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES).
 EMBED = "embed"
 MLP = "mlp"
@@ -242,12 +244,15 @@ class Attention(nn.Module):
 
   ``attention_impl``: "auto" (default), "xla", "cudnn" or "pallas" (see the module docstring).
   The q, k, v projections and the attention output are tagged "qkv" and "attention" for remat
-  policies (``checkpoint_name``).
+  policies (``checkpoint_name``). ``rope_grid`` (the extents of the attended token grid, e.g.
+  (rows, cols)) rotates queries and keys by their grid position (``dit_jax.models.rope``);
+  () leaves them as they are, as the paper's model does.
   """
   num_heads: int
   attention_impl: str = "auto"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  rope_grid: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -256,6 +261,9 @@ class Attention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv", **kw)(x)
     q, k, v = (checkpoint_name(qkv[:, :, i], "qkv") for i in range(3))
+    if self.rope_grid:
+      table = rope.angles(self.rope_grid, hd)
+      q, k = rope.rotate(q, table), rope.rotate(k, table)
     out = checkpoint_name(attend(q, k, v, self.attention_impl, self.dtype), "attention")
     return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
 
