@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = dict(
       input_size=8, patch_size=2, in_channels=1, hidden_size=128, depth=4, num_heads=4,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=10, learn_sigma=True,
-      dtype="float32", param_dtype="float32", attention_impl="auto")
+      dtype="float32", param_dtype="float32", attention_impl="auto",
+      pos_embed="sincos")  # "rope" / "sincos+rope": rotary positions (docs/model.md)
   config.num_train_steps = 1600
   config.global_batch_size = 256
   config.learning_rate = 2e-3
@@ -46,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,
       predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
       timestep_respacing="",
+      # Gaussian only: predict the velocity v instead of the noise (not in the paper's code).
+      predict_v=False,
       # Gaussian only: Min-SNR-gamma loss weighting (0 = off, the paper's loss; 5 = Hang et al.).
       min_snr_gamma=0.0,
       # Flow matching only (objective="flow"): t ~ uniform or logit-normal, SD3's time shift.

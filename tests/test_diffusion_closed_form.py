@@ -233,25 +233,39 @@ def test_predict_xstart_regresses_x0():
   np.testing.assert_allclose(out["mse"], jnp.mean(x0 ** 2, axis=(1, 2, 3)), rtol=1e-6)
 
 
-@pytest.mark.parametrize("predict_xstart", [False, True])
-def test_min_snr_gamma_weights_only_the_mse_term(predict_xstart):
-  """Min-SNR-5 (Hang et al. 2023): loss = min(SNR, 5) / SNR * mse + vb for an eps target and
-  min(SNR, 5) * mse + vb for x_0, SNR = abar / (1 - abar) of the linear schedule written out
-  here; mse and vb as without it. Early t (SNR > 5) are down-weighted, late t keep weight 1."""
+def test_predict_v_regresses_the_velocity():
+  """v = sqrt(abar) eps - sqrt(1 - abar) x_0 with abar of the linear schedule written out here."""
+  d = create_diffusion("", predict_v=True, learn_sigma=False)
+  x0, noise = _loss_inputs(3)
+  t = np.array([5, 300, 700, 999])
+  out = d.training_losses(lambda x, t: jnp.zeros_like(x), x0, jnp.asarray(t), noise=noise)
+  alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t][:, None, None, None]
+  v = np.sqrt(alpha_bar) * noise - np.sqrt(1 - alpha_bar) * x0
+  np.testing.assert_allclose(out["mse"], np.mean(v ** 2, axis=(1, 2, 3)), rtol=1e-5)
+  with pytest.raises(ValueError, match="predict_xstart=True and predict_v=True"):
+    create_diffusion("", predict_xstart=True, predict_v=True)
+
+
+@pytest.mark.parametrize("target", ["eps", "x0", "v"])
+def test_min_snr_gamma_weights_only_the_mse_term(target):
+  """Min-SNR-5 (Hang et al. 2023): loss = w * mse + vb with w = min(SNR, 5) / SNR for an eps
+  target, min(SNR, 5) for x_0 and min(SNR, 5) / (SNR + 1) for v, SNR = abar / (1 - abar) of the
+  linear schedule written out here; mse and vb as without it. Early t (SNR > 5) are
+  down-weighted; for eps, late t keep weight 1."""
   x0, noise = _loss_inputs(4)
   t = jnp.array([0, 50, 300, 999])
   kw = dict(a=0.3, b=0.2)
-  args = dict(predict_xstart=predict_xstart)
+  args = dict(predict_xstart=target == "x0", predict_v=target == "v")
   plain = create_diffusion("", **args).training_losses(_linear_model, x0, t, kw, noise=noise)
   got = create_diffusion("", min_snr_gamma=5.0, **args).training_losses(
       _linear_model, x0, t, kw, noise=noise)
   alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[np.asarray(t)]
   snr = alpha_bar / (1 - alpha_bar)
-  weight = np.minimum(snr, 5.0) / (1.0 if predict_xstart else snr)
+  weight = np.minimum(snr, 5.0) / dict(eps=snr, x0=1.0, v=snr + 1)[target]
   np.testing.assert_allclose(got["mse"], plain["mse"], rtol=1e-6)
   np.testing.assert_allclose(got["vb"], plain["vb"], rtol=1e-6)
   np.testing.assert_allclose(got["loss"], weight * plain["mse"] + plain["vb"], rtol=1e-5)
-  if not predict_xstart:
+  if target == "eps":
     assert weight[0] < 1e-3 and weight[-1] == 1.0
   with pytest.raises(ValueError, match="min_snr_gamma=5.0.*use_kl"):
     create_diffusion("", min_snr_gamma=5.0, use_kl=True)

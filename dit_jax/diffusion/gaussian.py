@@ -18,10 +18,12 @@ import numpy as np
 
 from dit_jax.diffusion import gaussian_sampling, losses, respace, schedules
 
-# What the model predicts (model_mean_type).
+# What the model predicts (model_mean_type): the noise, the clean input, or the velocity
+# v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022; diffusers' "v_prediction").
 EPSILON = "epsilon"
 START_X = "start_x"
-MEAN_TYPES = (EPSILON, START_X)
+VELOCITY = "velocity"
+MEAN_TYPES = (EPSILON, START_X, VELOCITY)
 # The reverse-process variance (model_var_type).
 LEARNED_RANGE = "learned_range"
 FIXED_LARGE = "fixed_large"
@@ -134,12 +136,13 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
   def min_snr_weight(self, t):
     """Min-SNR-gamma loss weight of timesteps ``t`` (Hang et al. 2023, "Efficient Diffusion
     Training via Min-SNR Weighting Strategy"), float32 (B,): min(SNR, gamma) / SNR for an eps
-    target and min(SNR, gamma) for an x_0 target, SNR = abar / (1 - abar). It caps the weight of
-    the nearly clean, easy timesteps whose gradients dominate and conflict with the rest."""
+    target, min(SNR, gamma) for an x_0 target and min(SNR, gamma) / (SNR + 1) for a velocity
+    target, SNR = abar / (1 - abar). It caps the weight of the nearly clean, easy timesteps
+    whose gradients dominate and conflict with the rest."""
     alpha_bar = self.extract("alphas_cumprod", t, 1)
     snr = alpha_bar / (1.0 - alpha_bar)
     capped = jnp.minimum(snr, self.min_snr_gamma)
-    return capped / snr if self.model_mean_type == EPSILON else capped
+    return capped / {EPSILON: snr, START_X: 1.0, VELOCITY: snr + 1.0}[self.model_mean_type]
 
   def model_output(self, model_fn, x, t, model_kwargs=None):
     """``model_fn(x, timestep_map[t], **model_kwargs)`` as float32, channel count checked."""
@@ -181,6 +184,16 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     return (self.extract("sqrt_recip_alphas_cumprod", t, x_t.ndim) * x_t
             - self.extract("sqrt_recipm1_alphas_cumprod", t, x_t.ndim) * eps)
 
+  def predict_xstart_from_v(self, x_t, t, v):
+    """x_0 = sqrt(abar) x_t - sqrt(1 - abar) v, from x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps."""
+    return (self.extract("sqrt_alphas_cumprod", t, x_t.ndim) * x_t
+            - self.extract("sqrt_one_minus_alphas_cumprod", t, x_t.ndim) * v)
+
+  def velocity(self, x_start, t, noise):
+    """The velocity target v = sqrt(abar) eps - sqrt(1 - abar) x_0 of x_t = q_sample(x_start, t, noise)."""
+    return (self.extract("sqrt_alphas_cumprod", t, x_start.ndim) * noise
+            - self.extract("sqrt_one_minus_alphas_cumprod", t, x_start.ndim) * x_start)
+
   def predict_eps_from_xstart(self, x_t, t, pred_xstart):
     return ((self.extract("sqrt_recip_alphas_cumprod", t, x_t.ndim) * x_t - pred_xstart)
             / self.extract("sqrt_recipm1_alphas_cumprod", t, x_t.ndim))
@@ -207,6 +220,8 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
       log_variance = jnp.broadcast_to(self.extract(names[1], t, n), x.shape)
     if self.model_mean_type == START_X:
       pred_xstart = model_output
+    elif self.model_mean_type == VELOCITY:
+      pred_xstart = self.predict_xstart_from_v(x, t, model_output)
     else:
       pred_xstart = self.predict_xstart_from_eps(x, t, model_output)
     if clip_denoised:
@@ -243,7 +258,8 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
   def training_losses(self, model_fn, x_start, t, model_kwargs=None, noise=None, rng=None):
     """Per-example training losses, dict(loss, mse, vb), each float32 of shape (B,).
 
-    ``mse`` regresses the model mean output (eps, or x_0 with predict_xstart) on its target.
+    ``mse`` regresses the model mean output (eps, x_0 with predict_xstart, or v with
+    predict_v) on its target.
     With a learned variance ``vb`` is the bound term computed with the mean output
     stop-gradiented (so vb trains only the variance), scaled by num_timesteps / 1000 for
     rescale_learned_sigmas, and loss = mse + vb. For use_kl, loss = vb * num_timesteps (mse is
@@ -266,7 +282,9 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     x_t = self.q_sample(x_start, t, noise)
     output = self.model_output(model_fn, x_t, t, model_kwargs)
     mean_output = output[..., :x_start.shape[-1]]
-    target = noise if self.model_mean_type == EPSILON else x_start
+    target = {EPSILON: noise, START_X: x_start}.get(self.model_mean_type)
+    if target is None:
+      target = self.velocity(x_start, t, noise)
     mse = losses.mean_flat(jnp.square(target - mean_output))
     mse_term = self.min_snr_weight(t) * mse if self.min_snr_gamma else mse
     if self.loss_type == RESCALED_KL:
@@ -288,15 +306,21 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
 def create_diffusion(timestep_respacing="", noise_schedule=schedules.LINEAR, use_kl=False,
                      sigma_small=False, predict_xstart=False, learn_sigma=True,
                      rescale_learned_sigmas=False, diffusion_steps=1000,
-                     min_snr_gamma=0.0) -> GaussianDiffusion:
-  """The official DiT ``create_diffusion``: same arguments, same process; ``min_snr_gamma`` > 0
-  (not in the official code) weights the training loss's mse term by Min-SNR-gamma.
+                     min_snr_gamma=0.0, predict_v=False) -> GaussianDiffusion:
+  """The official DiT ``create_diffusion``: same arguments, same process. Not in the official
+  code: ``min_snr_gamma`` > 0 weights the training loss's mse term by Min-SNR-gamma, and
+  ``predict_v`` makes the model predict the velocity v = sqrt(abar) eps - sqrt(1 - abar) x_0
+  (Salimans & Ho 2022), whose target is the noise near t = 0 and -x_0 near t = T, so that no
+  timestep asks the network to copy its input to its output.
 
   ``timestep_respacing`` is a respacing string ("", "250", "20,10,5", "ddim50") or a list of
   section counts; None or "" keeps all ``diffusion_steps`` steps.
   """
   if isinstance(timestep_respacing, (list, tuple)):
     timestep_respacing = ",".join(str(int(c)) for c in timestep_respacing)
+  if predict_xstart and predict_v:
+    raise ValueError("predict_xstart=True and predict_v=True (config.diffusion) ask for two model "
+                     "targets; set at most one (both False: the paper's noise prediction).")
   if use_kl:
     loss_type = RESCALED_KL
   elif rescale_learned_sigmas:
@@ -311,7 +335,7 @@ def create_diffusion(timestep_respacing="", noise_schedule=schedules.LINEAR, use
       noise_schedule=noise_schedule,
       diffusion_steps=int(diffusion_steps),
       timestep_respacing=timestep_respacing or "",
-      model_mean_type=START_X if predict_xstart else EPSILON,
+      model_mean_type=START_X if predict_xstart else VELOCITY if predict_v else EPSILON,
       model_var_type=var_type,
       loss_type=loss_type,
       min_snr_gamma=float(min_snr_gamma))

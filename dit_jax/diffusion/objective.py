@@ -20,7 +20,7 @@ SAMPLERS = {GAUSSIAN: ("ddpm", "ddim"), FLOW: ("euler", "heun", "euler_maruyama"
 _DEFAULTS = dict(
     objective=GAUSSIAN, noise_schedule=schedules.LINEAR, diffusion_steps=1000, learn_sigma=True,
     predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
-    timestep_respacing="", min_snr_gamma=0.0,
+    timestep_respacing="", min_snr_gamma=0.0, predict_v=False,
     t_sampling=flow.UNIFORM, logit_mean=0.0, logit_std=1.0, time_shift=1.0)
 
 
@@ -67,7 +67,8 @@ def create_objective(diffusion_cfg, timestep_respacing=None):
       learn_sigma=bool(_field(diffusion_cfg, "learn_sigma")),
       rescale_learned_sigmas=bool(_field(diffusion_cfg, "rescale_learned_sigmas")),
       diffusion_steps=int(_field(diffusion_cfg, "diffusion_steps")),
-      min_snr_gamma=float(_field(diffusion_cfg, "min_snr_gamma")))
+      min_snr_gamma=float(_field(diffusion_cfg, "min_snr_gamma")),
+      predict_v=bool(_field(diffusion_cfg, "predict_v")))
 
 
 @functools.partial(jax.jit, static_argnames=(
