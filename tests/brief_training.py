@@ -1,9 +1,10 @@
 """Shared pieces of the brief-training tests of the built-in defaults (digits, video, text).
 
 The video and text defaults cannot draw samples after a brief run, so their tests judge learning
-on the denoiser: clean test inputs noised to t = DENOISE_T and denoised in one step
-(x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar), the closed form of the forward process) must come
-back closer to the originals, and score better, than with an untrained model.
+on the denoiser: clean test inputs noised to t = DENOISE_T and denoised in one step by the closed
+form of the forward process (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) for a noise
+prediction, x0 = sqrt(abar) x_t - sqrt(1 - abar) v for a velocity prediction) must come back
+closer to the originals, and score better, than with an untrained model.
 """
 import jax
 import numpy as np
@@ -41,5 +42,9 @@ def one_step_denoised(config, params, clean: np.ndarray, y, **model_kwargs) -> n
   noisy = np.sqrt(alpha_bar) * clean + np.sqrt(1 - alpha_bar) * noise
   t = np.full(len(clean), DENOISE_T)
   out = jax.jit(model.apply)({"params": params}, noisy, t, y, **model_kwargs)
-  eps = np.asarray(out)[..., :1]
-  return np.clip((noisy - np.sqrt(1 - alpha_bar) * eps) / np.sqrt(alpha_bar), -1, 1)
+  prediction = np.asarray(out)[..., :1]
+  if config.diffusion.get("predict_v", False):
+    x0 = np.sqrt(alpha_bar) * noisy - np.sqrt(1 - alpha_bar) * prediction
+  else:
+    x0 = (noisy - np.sqrt(1 - alpha_bar) * prediction) / np.sqrt(alpha_bar)
+  return np.clip(x0, -1, 1)
