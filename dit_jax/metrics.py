@@ -34,7 +34,8 @@ _NOT_AVERAGED = ("finite", "skipped")
 # Scores of the built-in sources logged under eval/ (the others stay in the sample command's JSON).
 EVAL_SCALARS = {
     "digits": ("accuracy", "fd", "variety_ratio"),
-    "digit_pairs": ("pair_accuracy", "held_out_pair_accuracy", "seen_pair_accuracy"),
+    "digit_pairs": ("pair_accuracy", "held_out_pair_accuracy", "seen_pair_accuracy",
+                    "swapped_accuracy"),
     "moving_digits": ("frame_accuracy", "identity", "identity_correct", "mean_speed",
                       "moving_fraction"),
 }

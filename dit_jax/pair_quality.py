@@ -6,7 +6,10 @@ digit in columns 8-15 (dit_jax/data/digit_pairs.py). Each 8-column half is class
 
 - ``left_accuracy`` / ``right_accuracy``: the fraction of samples whose left / right half is
   classified as the asked digit;
-- ``pair_accuracy``: the fraction with both halves right (the issue's >= 0.85 target).
+- ``pair_accuracy``: the fraction with both halves right (the issue's >= 0.85 target);
+- ``swapped_accuracy``: the fraction of samples asking for two different digits that show them
+  in the opposite order (the asked right digit on the left, and the left one on the right): the
+  digits were drawn, the relation was misread.
 
 ``digit_pairs_quality(samples, left, right)`` returns them as plain floats, ready to be logged;
 ``prompts_quality(samples, prompts)`` reads (left, right) from the prompts and adds the pair
@@ -32,8 +35,8 @@ def halves(samples) -> tuple[np.ndarray, np.ndarray]:
   return samples[:, :, :DIGIT, None], samples[:, :, DIGIT:, None]
 
 
-def _correct(samples, left, right) -> tuple[np.ndarray, np.ndarray]:
-  """Whether each sample's left / right half is classified as the asked digit: bool (N,) each."""
+def _classes(samples, left, right) -> tuple[np.ndarray, ...]:
+  """(left class, right class) of each sample's halves and the asked (left, right): int (N,)."""
   left_half, right_half = halves(samples)
   left, right = np.asarray(left).reshape(-1), np.asarray(right).reshape(-1)
   if not len(left) == len(right) == len(left_half):
@@ -41,14 +44,17 @@ def _correct(samples, left, right) -> tuple[np.ndarray, np.ndarray]:
                      f"{len(right)} right digits.")
   if not len(left):
     raise ValueError("digit-pairs quality got no samples.")
-  return quality.classify(left_half)[0] == left, quality.classify(right_half)[0] == right
+  return quality.classify(left_half)[0], quality.classify(right_half)[0], left, right
 
 
-def _scores(left_ok: np.ndarray, right_ok: np.ndarray) -> dict[str, float]:
+def _scores(drawn_left, drawn_right, left, right) -> dict[str, float]:
+  left_ok, right_ok = drawn_left == left, drawn_right == right
+  swapped = (drawn_left == right) & (drawn_right == left) & (left != right)
   return dict(
       pair_accuracy=float(np.mean(left_ok & right_ok)),
       left_accuracy=float(np.mean(left_ok)),
       right_accuracy=float(np.mean(right_ok)),
+      swapped_accuracy=float(np.mean(swapped)),
       num_samples=float(len(left_ok)),
       classifier_test_accuracy=quality.load_classifier()[1],
   )
@@ -62,10 +68,11 @@ def digit_pairs_quality(samples, left, right) -> dict[str, float]:
     left, right: (N,) the digits asked for in the left and right halves.
 
   Returns:
-    Plain floats: ``pair_accuracy``, ``left_accuracy``, ``right_accuracy``, ``num_samples`` and
+    Plain floats: ``pair_accuracy``, ``left_accuracy``, ``right_accuracy``,
+    ``swapped_accuracy``, ``num_samples`` and
     ``classifier_test_accuracy`` (the classifier's own held-out accuracy on single digits).
   """
-  return _scores(*_correct(samples, left, right))
+  return _scores(*_classes(samples, left, right))
 
 
 def prompts_quality(samples, prompts) -> dict[str, float]:
@@ -74,11 +81,11 @@ def prompts_quality(samples, prompts) -> dict[str, float]:
   pair) the train split leaves out / emits (each only when such prompts are present) and
   ``num_held_out``."""
   parsed = [digit_pairs.parse_with_phrasing(p) for p in prompts]
-  left_ok, right_ok = _correct(samples, [p[0] for p in parsed], [p[1] for p in parsed])
+  classes = _classes(samples, [p[0] for p in parsed], [p[1] for p in parsed])
   held_out = np.array([digit_pairs.is_held_out(*p) for p in parsed], bool)
-  scores = _scores(left_ok, right_ok)
+  scores = _scores(*classes)
   for name, rows in (("held_out", held_out), ("seen", ~held_out)):
     if rows.any():
-      scores[f"{name}_pair_accuracy"] = float(np.mean((left_ok & right_ok)[rows]))
+      scores[f"{name}_pair_accuracy"] = _scores(*(c[rows] for c in classes))["pair_accuracy"]
   scores["num_held_out"] = float(held_out.sum())
   return scores

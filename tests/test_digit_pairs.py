@@ -227,8 +227,11 @@ def test_pair_metric_on_real_swapped_and_noise(sk):
   assert scores["num_samples"] == 600 and scores["classifier_test_accuracy"] > 0.97
   as_uint8 = np.round((x + 1.0) / 2.0 * 255.0).astype(np.uint8)[..., 0]
   assert pair_quality.digit_pairs_quality(as_uint8, left, right) == scores
+  assert scores["swapped_accuracy"] < 0.03
   swapped = pair_quality.digit_pairs_quality(_real_pairs(sk, 600, swap=True)[0], left, right)
   assert swapped["pair_accuracy"] < 0.2, swapped  # only pairs with left == right survive (~0.1)
+  # every pair of two different digits reads as swapped (about 0.9 of them)
+  assert swapped["swapped_accuracy"] >= 0.95 * np.mean(left != right), swapped
   noise = np.random.default_rng(1).uniform(-1, 1, size=(600, 8, 16, 1))
   assert pair_quality.digit_pairs_quality(noise, left, right)["pair_accuracy"] < 0.1
 
