@@ -52,7 +52,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       variant=args["variant"], input_size=res // VAE_DOWNSAMPLE, in_channels=LATENT_CHANNELS,
       mlp_ratio=4.0, class_dropout_prob=0.1, num_classes=1000, learn_sigma=True,
       block_type="adaln_zero", dtype="bfloat16", param_dtype="float32",
-      remat_policy="none", scan_blocks=False, attention_impl="auto")
+      remat_policy="none", scan_blocks=False, attention_impl="auto",
+      pos_embed="sincos")  # "rope" / "sincos+rope": rotary positions (docs/model.md)
   config.num_train_steps = 400_000
   config.global_batch_size = 256
   config.learning_rate = 1e-4
@@ -73,6 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       objective="gaussian", noise_schedule="linear", diffusion_steps=1000, learn_sigma=True,
       predict_xstart=False, sigma_small=False, rescale_learned_sigmas=False, use_kl=False,
       timestep_respacing="",
+      # Gaussian only: predict the velocity v instead of the noise (not in the paper's code).
+      predict_v=False,
       # Gaussian only: Min-SNR-gamma loss weighting (0 = off, the paper's loss; 5 = Hang et al.).
       min_snr_gamma=0.0,
       # Flow matching only (objective="flow"): t ~ uniform or logit-normal, SD3's time shift.

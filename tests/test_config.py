@@ -27,7 +27,7 @@ def test_configs_have_the_contract_fields_and_validate(config):
     assert name in config.mesh
   for name in ("sampler", "num_sampling_steps", "cfg_scale", "guidance"):
     assert name in config.sample
-  for name in ("min_snr_gamma", "t_sampling", "logit_mean", "logit_std",
+  for name in ("min_snr_gamma", "predict_v", "t_sampling", "logit_mean", "logit_std",
                "time_shift"):  # settable by flags
     assert name in config.diffusion
   config_checks.validate(config, num_devices=8, check_data=config.data.source == "digits")
@@ -90,6 +90,11 @@ def _smoke():
     (lambda c: (c.diffusion.update(objective="flow", learn_sigma=False, min_snr_gamma=5.0),
                 c.model.update(learn_sigma=False), c.sample.update(sampler="euler")), 8, 1,
      "config.diffusion.min_snr_gamma=5.0 weights the Gaussian"),
+    (lambda c: (c.diffusion.update(objective="flow", learn_sigma=False, predict_v=True),
+                c.model.update(learn_sigma=False), c.sample.update(sampler="euler")), 8, 1,
+     "config.diffusion.predict_v=True picks the Gaussian objective's target"),
+    (lambda c: c.diffusion.update(predict_v=True, predict_xstart=True), 8, 1,
+     "predict_xstart=True and predict_v=True"),
     (lambda c: setattr(c, "adam_mu_dtype", "float16"), 8, 1, "config.adam_mu_dtype='float16'"),
     # Text fields, checked before the model is built (blocks.text_problems).
     (lambda c: c.model.update(block_type="mmdit"), 8, 1,

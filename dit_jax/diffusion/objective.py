@@ -51,6 +51,12 @@ def create_objective(diffusion_cfg, timestep_respacing=None):
           f"config.diffusion.min_snr_gamma={_field(diffusion_cfg, 'min_snr_gamma')} weights the "
           "Gaussian objective's loss; flow matching shapes training with t_sampling / logit_mean / "
           "logit_std instead: set min_snr_gamma=0.")
+    for target in ("predict_xstart", "predict_v"):
+      if _field(diffusion_cfg, target):
+        raise ValueError(
+            f"config.diffusion.{target}=True picks the Gaussian objective's target; flow matching "
+            f"always predicts its velocity (noise - data): set {target}=False, or "
+            "objective='gaussian'.")
     return flow.FlowMatching(
         t_sampling=_field(diffusion_cfg, "t_sampling"),
         logit_mean=float(_field(diffusion_cfg, "logit_mean")),
