@@ -5,8 +5,8 @@ pair is rotated by the angle (position on its axis) x (its frequency). The pairs
 the grid's axes, in order and as evenly as ``np.array_split`` does ((t, h, w) for videos, (h, w)
 for images), and an axis with m pairs uses the frequencies THETA^(-j/m), j = 0..m-1. The dot
 product of a rotated query and key then depends on the two tokens' offset on the grid, not on
-where they are: attention is the same for a digit drawn anywhere on the canvas, which absolute
-tables (``layers.sincos_pos_embed_3d``) leave the model to learn position by position.
+where they are, so what attention learns about a pattern holds at every whole-token shift of
+it; with an absolute table (``layers.sincos_pos_embed_3d``) the model learns that per position.
 
 ``DiT(pos_embed=...)`` chooses "sincos" (the paper's absolute table only, the default), "rope"
 (RoPE only) or "sincos+rope" (both).
