@@ -282,9 +282,10 @@ class GaussianDiffusion(gaussian_sampling.GaussianSampling):
     x_t = self.q_sample(x_start, t, noise)
     output = self.model_output(model_fn, x_t, t, model_kwargs)
     mean_output = output[..., :x_start.shape[-1]]
-    target = {EPSILON: noise, START_X: x_start}.get(self.model_mean_type)
-    if target is None:
+    if self.model_mean_type == VELOCITY:
       target = self.velocity(x_start, t, noise)
+    else:
+      target = noise if self.model_mean_type == EPSILON else x_start
     mse = losses.mean_flat(jnp.square(target - mean_output))
     mse_term = self.min_snr_weight(t) * mse if self.min_snr_gamma else mse
     if self.loss_type == RESCALED_KL:
