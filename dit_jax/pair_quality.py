@@ -81,11 +81,13 @@ def prompts_quality(samples, prompts) -> dict[str, float]:
   pair) the train split leaves out / emits (each only when such prompts are present) and
   ``num_held_out``."""
   parsed = [digit_pairs.parse_with_phrasing(p) for p in prompts]
-  classes = _classes(samples, [p[0] for p in parsed], [p[1] for p in parsed])
+  drawn_left, drawn_right, left, right = _classes(
+      samples, [p[0] for p in parsed], [p[1] for p in parsed])
   held_out = np.array([digit_pairs.is_held_out(*p) for p in parsed], bool)
-  scores = _scores(*classes)
+  scores = _scores(drawn_left, drawn_right, left, right)
+  both_right = (drawn_left == left) & (drawn_right == right)
   for name, rows in (("held_out", held_out), ("seen", ~held_out)):
     if rows.any():
-      scores[f"{name}_pair_accuracy"] = _scores(*(c[rows] for c in classes))["pair_accuracy"]
+      scores[f"{name}_pair_accuracy"] = float(np.mean(both_right[rows]))
   scores["num_held_out"] = float(held_out.sum())
   return scores

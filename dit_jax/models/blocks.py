@@ -184,8 +184,7 @@ class MMDiTBlock(DiTBlock):
     image, text = JointStream(name="x_block", **kw), JointStream(name="context_block", **kw)
     image_qkv, image_mod = image.attention_inputs(x, cond)
     if self.rope_grid:  # image tokens only: the caption has no grid position
-      table = rope.angles(self.rope_grid, image_qkv[0].shape[-1])
-      image_qkv = (rope.rotate(image_qkv[0], table), rope.rotate(image_qkv[1], table), image_qkv[2])
+      image_qkv = (*rope.rotate_queries_and_keys(*image_qkv[:2], self.rope_grid), image_qkv[2])
     text_qkv, text_mod = text.attention_inputs(context, cond)
     q, k, v = (jnp.concatenate(pair, axis=1) for pair in zip(image_qkv, text_qkv))
     tokens = x.shape[1]
@@ -250,13 +249,13 @@ def pos_embed_problems(model) -> list[str]:
   nothing is. Works on a DiT or any object with those attributes."""
   if model.pos_embed not in rope.POS_EMBEDS:
     return [f"pos_embed={model.pos_embed!r} must be one of {rope.POS_EMBEDS}"]
-  axes = 3 if model.num_frames else 2
-  head_dim = model.hidden_size // max(model.num_heads, 1)
-  if "rope" in model.pos_embed and (head_dim % 2 or head_dim < 2 * axes):
-    return [f"pos_embed={model.pos_embed!r} rotates pairs of head features on each of {axes} grid "
-            f"axes: the head width hidden_size / num_heads = {head_dim} must be even and at least "
-            f"{2 * axes}; use fewer heads or pos_embed='sincos'"]
-  return []
+  if "rope" not in model.pos_embed:
+    return []
+  problem = rope.head_width_problem(3 if model.num_frames else 2,
+                                    model.hidden_size // max(model.num_heads, 1))
+  if not problem:
+    return []
+  return [f"pos_embed={model.pos_embed!r}: {problem}; use fewer heads or pos_embed='sincos'"]
 
 
 def text_problems(model) -> list[str]:

@@ -262,8 +262,7 @@ class Attention(nn.Module):
     qkv = Dense((3, self.num_heads, hd), (EMBED,), (QKV, HEADS, KV), name="qkv", **kw)(x)
     q, k, v = (checkpoint_name(qkv[:, :, i], "qkv") for i in range(3))
     if self.rope_grid:
-      table = rope.angles(self.rope_grid, hd)
-      q, k = rope.rotate(q, table), rope.rotate(k, table)
+      q, k = rope.rotate_queries_and_keys(q, k, self.rope_grid)
     out = checkpoint_name(attend(q, k, v, self.attention_impl, self.dtype), "attention")
     return Dense((d,), (HEADS, KV), (EMBED,), name="proj", **kw)(out)
 

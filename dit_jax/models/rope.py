@@ -19,14 +19,22 @@ THETA = 10000.0
 POS_EMBEDS = ("sincos", "rope", "sincos+rope")
 
 
+def head_width_problem(num_axes: int, head_dim: int) -> str:
+  """Why RoPE over ``num_axes`` grid axes cannot rotate heads of width ``head_dim`` ("" if it
+  can): every axis needs at least one pair of features."""
+  if head_dim % 2 or head_dim < 2 * num_axes:
+    return (f"RoPE over {num_axes} grid axes rotates pairs of head features: the head width "
+            f"hidden_size / num_heads = {head_dim} must be even and at least {2 * num_axes}")
+  return ""
+
+
 def angles(grid: tuple[int, ...], head_dim: int) -> np.ndarray:
   """float32 (prod(grid), head_dim // 2): the rotation angle of each token and pair, tokens in
   row-major (frame-major for videos) order of ``grid``, the extents of the attended tokens."""
+  problem = head_width_problem(len(grid), head_dim)
+  if problem:
+    raise ValueError(f"{problem}; use fewer heads.")
   pairs = head_dim // 2
-  if head_dim % 2 or pairs < len(grid):
-    raise ValueError(f"RoPE over a {len(grid)}-axis grid needs an even head width of at least "
-                     f"{2 * len(grid)}, got {head_dim}; use fewer heads (hidden_size / num_heads "
-                     "is the head width).")
   coords = np.stack(np.meshgrid(*[np.arange(n) for n in grid], indexing="ij"), -1)
   coords = coords.reshape(-1, len(grid)).astype(np.float64)
   parts = []
@@ -44,3 +52,9 @@ def rotate(x: jax.Array, token_angles: np.ndarray) -> jax.Array:
   cos, sin = jnp.asarray(np.cos(table), x.dtype), jnp.asarray(np.sin(table), x.dtype)
   first, second = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1)
+
+
+def rotate_queries_and_keys(q: jax.Array, k: jax.Array, grid: tuple[int, ...]):
+  """(q, k), each (B, T, heads, head_dim), rotated by their tokens' places in ``grid``."""
+  table = angles(grid, q.shape[-1])
+  return rotate(q, table), rotate(k, table)
