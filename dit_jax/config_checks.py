@@ -15,6 +15,7 @@ OBJECTIVES = ("gaussian", "flow")
 _MODEL_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
                        block_type="adaln_zero", context_dim=0, context_length=0,
                        num_classes=1000, attention_impl="auto", pooled_text=False,
+                       text_positions=False, text_vocab_size=0,
                        pos_embed="sincos")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ADAM_MU_DTYPES = ("float32", "bfloat16")

@@ -101,6 +101,8 @@ def _smoke():
      "config.model.block_type='mmdit' is a text design"),
     (lambda c: c.model.update(context_dim=16), 8, 1,
      "config.model.block_type='adaln_zero' does not read text"),
+    (lambda c: c.model.update(text_positions=True), 8, 1,
+     "config.model.text_positions=True adds positions to the model's own text encoder"),
 ])
 def test_config_errors_name_the_field(mutate, num_devices, process_count, field):
   config = _smoke()

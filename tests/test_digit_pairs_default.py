@@ -61,16 +61,18 @@ def _inputs(batch=3):
   return x, np.array([5, 500, 900]), np.zeros(batch, np.int32), ids, mask
 
 
-@pytest.mark.parametrize("block_type", ["cross_attention", "mmdit"])
-def test_own_text_encoder_is_t5_then_the_dit(block_type):
-  model = _text_model(block_type=block_type)
+@pytest.mark.parametrize("block_type,positions", [("cross_attention", False), ("mmdit", False),
+                                                  ("cross_attention", True)])
+def test_own_text_encoder_is_t5_then_the_dit(block_type, positions):
+  model = _text_model(block_type=block_type, text_positions=positions)
   params = _random_params(model)
   x, t, y, ids, mask = _inputs()
   out = model.apply({"params": params}, x, t, y, context=ids, context_mask=mask)
   encoder = t5.T5Encoder(vocab_size=23, d_model=32, d_kv=32, d_ff=64, num_layers=1, num_heads=1,
-                         feed_forward_proj="gated-gelu")
+                         feed_forward_proj="gated-gelu", absolute_positions=6 if positions else 0)
+  assert ("position_embedding" in params["text_encoder"]) == positions
   embeddings = encoder.apply({"params": params["text_encoder"]}, ids, mask)
-  plain = model.clone(text_vocab_size=0)
+  plain = model.clone(text_vocab_size=0, text_positions=False)
   rest = {k: v for k, v in params.items() if k != "text_encoder"}
   want = plain.apply({"params": rest}, x, t, y, context=embeddings, context_mask=mask)
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)

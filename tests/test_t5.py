@@ -6,8 +6,9 @@ feed-forward, with few relative-position buckets and a short max distance so tha
 so a missed scale, a transposed kernel or a wrong bucket shows. Checked: outputs within 1e-5
 (relative to the largest output) on unpadded positions with and without padding; padding ids
 have no effect; the bucket table equals transformers' over +-300 positions; the checkpoint
-loader (safetensors, sharded safetensors, bfloat16) and the converter's errors; sharded over
-8 fake CPU devices (fsdp=4, tensor=2) equals one device; tokenize's truncation warning.
+loader (safetensors, sharded safetensors, bfloat16) and the converter's errors; the optional
+absolute positions against transformers fed the summed embeddings; sharded over 8 fake CPU
+devices (fsdp=4, tensor=2) equals one device; tokenize's truncation warning.
 """
 import logging
 
@@ -100,6 +101,23 @@ def test_param_tree_matches_init(pair):
   abstract = nn.unbox(jax.eval_shape(module.init, jax.random.key(0), ids, mask))["params"]
   assert jax.tree.structure(abstract) == jax.tree.structure(params)
   assert jax.tree.map(lambda a: a.shape, abstract) == jax.tree.map(lambda a: a.shape, params)
+
+
+def test_absolute_positions_add_to_the_token_embeddings(pair):
+  """``absolute_positions`` (not T5: for encoders trained from scratch) adds its table to the
+  token embeddings: transformers' encoder fed those sums as ``inputs_embeds`` is the reference."""
+  model, module, params = pair
+  table = np.random.default_rng(3).normal(size=(LENGTH + 2, module.d_model)).astype(np.float32)
+  ids, mask = _inputs()
+  with_positions = module.clone(absolute_positions=LENGTH + 2)
+  got = jax.jit(with_positions.apply)({"params": {**params, "position_embedding": table}}, ids, mask)
+  embeds = model.shared.weight.detach().numpy()[ids] + table[:LENGTH]
+  with torch.no_grad():
+    want = model(inputs_embeds=torch.from_numpy(embeds),
+                 attention_mask=torch.from_numpy(mask).long()).last_hidden_state.numpy()
+  _assert_close(got, want, mask)
+  with pytest.raises(ValueError, match=f"{LENGTH} tokens exceed the encoder's 5 absolute positions"):
+    module.clone(absolute_positions=5).init(jax.random.key(0), ids, mask)
 
 
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 20), (64, 256)])

@@ -411,6 +411,7 @@ def test_sharded_2x2x2_matches_one_device(devices, design):
     (dict(block_type="cross_attention", attention_impl="pallas"), "attention_impl"),
     (dict(block_type="cross_attention", context_length=-1), "context_length"),
     (dict(block_type="adaln_zero", context_dim=0, num_classes=10, pooled_text=True), "pooled_text"),
+    (dict(block_type="cross_attention", text_positions=True), "text_vocab_size"),
 ])
 def test_bad_combinations_name_the_field(kwargs, field):
   model = DiT(**{**TINY, **kwargs})

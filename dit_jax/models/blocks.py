@@ -259,7 +259,7 @@ def pos_embed_problems(model) -> list[str]:
 
 
 def text_problems(model) -> list[str]:
-  """What is wrong with a model's text fields (context_dim, context_length) in combination with
+  """What is wrong with a model's text fields (context_dim, context_length, text_positions) with
   block_type, num_classes, attention_layout and attention_impl, each naming the field and its
   fix; [] when nothing is. Works on a DiT or any object with those attributes."""
   problems = []
@@ -267,6 +267,10 @@ def text_problems(model) -> list[str]:
   if dim < 0 or model.context_length < 0:
     problems.append(f"context_dim={dim} and context_length={model.context_length} must be >= 0 "
                     "(context_dim 0: class-conditional)")
+  if model.text_positions and not (model.text_vocab_size > 0 and model.context_length > 0):
+    problems.append(f"text_positions=True adds positions to the model's own text encoder: it "
+                    f"needs text_vocab_size > 0 (got {model.text_vocab_size}) and context_length "
+                    f"> 0, the number of positions (got {model.context_length})")
   if dim == 0:
     if model.pooled_text:
       problems.append("pooled_text=True needs a text model: set context_dim to the text "

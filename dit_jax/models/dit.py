@@ -108,7 +108,9 @@ class DiT(nn.Module):
   ``model_kwargs_for_init`` (0 -> 1 token for init; any L works at call time).
   ``text_vocab_size`` > 0 gives the model its own small T5 encoder ("text_encoder",
   ``text_encoder_layers`` layers of width ``context_dim``, trained jointly with the DiT): its
-  ``context`` is then token ids (B, L), as the digit-pairs default trains. ``pooled_text``
+  ``context`` is then token ids (B, L), as the digit-pairs default trains;
+  ``text_positions`` adds learned absolute positions (``context_length`` of them) to that
+  encoder's token embeddings (``t5.T5Encoder.absolute_positions``). ``pooled_text``
   adds SD3's pooled conditioning: the mean of the caption's real text-encoder outputs, through
   an MLP ("pooled_embedder"), joins t_emb in c, so every adaLN modulation sees the caption.
 
@@ -145,6 +147,7 @@ class DiT(nn.Module):
   input_width: int = 0
   text_vocab_size: int = 0
   text_encoder_layers: int = 2
+  text_positions: bool = False
   pooled_text: bool = False
   pos_embed: str = "sincos"
 
@@ -246,6 +249,7 @@ class DiT(nn.Module):
         vocab_size=self.text_vocab_size, d_model=self.context_dim, d_kv=TEXT_HEAD_DIM,
         d_ff=2 * self.context_dim, num_layers=self.text_encoder_layers,
         num_heads=max(1, self.context_dim // TEXT_HEAD_DIM), feed_forward_proj="gated-gelu",
+        absolute_positions=self.context_length if self.text_positions else 0,
         dtype=self.dtype, param_dtype=self.param_dtype, name="text_encoder")
     return encoder(ids, mask)
 

@@ -159,6 +159,13 @@ class T5Encoder(nn.Module):
 
   Keyword names and defaults follow transformers' ``T5Config`` (see ``config_from_hf``).
   Outputs at padding positions are unspecified; unpadded positions do not depend on padding.
+
+  ``absolute_positions`` > 0 (not T5; 0 for pretrained weights) adds a learned table of that
+  many position embeddings ("position_embedding") to the token embeddings. A small encoder
+  trained from scratch through a diffusion loss does not learn T5's relative bias: nothing
+  downstream asks for word order until the encoder provides it, so its outputs stay a bag of
+  words (measured on the digit-pairs default: docs/text.md). Absolute positions give the order
+  from the first step.
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -170,6 +177,7 @@ class T5Encoder(nn.Module):
   relative_attention_max_distance: int = 128
   feed_forward_proj: str = "relu"
   layer_norm_epsilon: float = 1e-6
+  absolute_positions: int = 0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -182,8 +190,15 @@ class T5Encoder(nn.Module):
     table = self.param("token_embedding", nn.with_logical_partitioning(_normal(1.0), (VOCAB, EMBED)),
                        (self.vocab_size, self.d_model), self.param_dtype)
     x = jnp.take(table, jnp.asarray(input_ids, jnp.int32), axis=0).astype(self.dtype)
-    x = nn.with_logical_constraint(x, TOKENS)
     length = x.shape[1]
+    if self.absolute_positions:
+      if length > self.absolute_positions:
+        raise ValueError(f"{length} tokens exceed the encoder's {self.absolute_positions} "
+                         "absolute positions; pad or truncate captions to at most that many.")
+      positions = self.param("position_embedding", nn.with_logical_partitioning(
+          _normal(1.0), (None, EMBED)), (self.absolute_positions, self.d_model), self.param_dtype)
+      x = x + positions[:length].astype(self.dtype)
+    x = nn.with_logical_constraint(x, TOKENS)
     position_table = self.param(
         "relative_attention_bias",
         nn.with_logical_partitioning(_normal(self.d_model ** -0.5), (None, HEADS)),
