@@ -28,9 +28,9 @@ from dit_jax.models import t5
 from dit_jax.models.dit import DiT, init_inputs, model_kwargs_for_init
 
 # 200 steps of 32 clear both thresholds below (measured 2026-11-27 with the default's velocity
-# target, trained / untrained: one-step denoising error 0.161 / 0.384, pair accuracy 0.67 / 0.36;
-# with the noise target it was 0.183 / 0.432 and 0.60 / 0.46; the test: 55 s on the 2-core
-# machine). With 2 x 2 patches (noise target) the same run scored 0.194 and 0.60, 150 steps of
+# target and text positions, trained / untrained: one-step denoising error 0.158 / 0.384, pair
+# accuracy 0.71 / 0.36; without positions 0.161 and 0.67; with the noise target 0.183 / 0.432
+# and 0.60 / 0.46; the test: 55 s on the 2-core machine alone). With 2 x 2 patches (noise target) the same run scored 0.194 and 0.60, 150 steps of
 # 64 0.57 and 100 of 128 0.51 (too little).
 BRIEF_STEPS = 200
 BATCH = 32
@@ -128,7 +128,7 @@ def denoised_pair_scores(config, params, canvases, prompts):
 
 @pytest.mark.slow
 def test_briefly_trained_text_default_learns(tmp_path):
-  """A brief run cannot draw the pairs yet (the full default does not: README "Text
+  """A brief run cannot draw the pairs yet (the default needs 2,000 steps of 128: README "Text
   conditioning"), so learning is judged on the denoiser: test canvases noised to t = 250 and
   denoised in one step, reading their captions, come back closer to the originals and with more
   halves classified as the caption says than an untrained model (v = 0: the noisy canvas
