@@ -7,7 +7,7 @@ The text encoder is a small T5 (2 layers, width 64, with learned absolute positi
 jointly with the DiT from the built-in word tokenizer (`config.model.text_vocab_size`); the DiT
 reads it through PixArt-alpha's cross-attention blocks with adaLN-Zero on the timestep, predicts
 the velocity v, and drops 10% of the captions for classifier-free guidance; 2,000 steps of 128
-(about 7 minutes on a 2-core CPU). Everything not set here is the digits default
+(7 min 46 s on the 2-core development CPU). Everything not set here is the digits default
 (configs/digits.py).
 Quality is measured on every run by dit_jax.pair_quality: a digit classifier on each half
 must agree with the prompt, including prompts held out of training.
