@@ -3,6 +3,7 @@
 Every error names the config field at fault and how to fix it, so a pod job fails in seconds
 with a readable message instead of minutes later inside XLA.
 """
+import dataclasses
 import math
 import types
 from typing import Any, Mapping
@@ -10,13 +11,6 @@ from typing import Any, Mapping
 from dit_jax import sharding
 
 OBJECTIVES = ("gaussian", "flow")
-# DiT's defaults for the fields video_problems, text_problems and pos_embed_problems read (images: no frames,
-# joint attention; class-conditional: no text context).
-_MODEL_DEFAULTS = dict(num_frames=0, temporal_patch_size=1, attention_layout="joint", depth=28,
-                       block_type="adaln_zero", context_dim=0, context_length=0,
-                       num_classes=1000, attention_impl="auto", pooled_text=False,
-                       text_positions=False, text_vocab_size=0,
-                       pos_embed="sincos")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ADAM_MU_DTYPES = ("float32", "bfloat16")
 
@@ -59,13 +53,16 @@ def _check_model(config) -> None:
         f"config.model.input_width={width} must be 0 (square: the width is input_size) or a "
         f"positive multiple of config.model.patch_size={patch}; pad or crop the width to a "
         f"multiple of {patch}, or choose a patch size that divides it.")
-  from dit_jax.models import blocks, layers  # local, as in model_kwargs
+  from dit_jax.models import blocks, dit, layers  # local, as in model_kwargs
   impl = kw.get("attention_impl", "auto")
   if impl not in layers.ATTENTION_IMPLS:
     raise ConfigError(
         f"config.model.attention_impl={impl!r} is not an attention kernel; use one of "
         f"{layers.ATTENTION_IMPLS} ('auto' picks the fastest for the device and dtype).")
-  model = types.SimpleNamespace(**{**_MODEL_DEFAULTS, **kw})
+  # The fields the config leaves out take DiT's own defaults, read from the dataclass.
+  defaults = {f.name: f.default for f in dataclasses.fields(dit.DiT)
+              if f.default is not dataclasses.MISSING}
+  model = types.SimpleNamespace(**{**defaults, **kw})
   problems = (blocks.video_problems(model) + blocks.text_problems(model)
               + blocks.pos_embed_problems(model))
   if problems:
