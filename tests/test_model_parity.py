@@ -24,8 +24,10 @@ from dit_jax.models.dit import DiT
 
 HEADS, HEAD_DIM, DEPTH, CLASSES, SIZE, PATCH, CHANNELS = 2, 16, 2, 10, 8, 2, 4
 # Outputs are O(1..8); the float32 timestep arguments t*f near t=1000 have an ulp of 6e-5, so the
-# two libraries' sin/cos/exp roundings give differences up to ~3e-5 there (~1e-5 at small t).
+# two libraries' sin/cos/exp roundings give differences up to ~6e-5 there (5.7e-5 measured on one
+# CPU, 3e-5 on another), ~1e-5 at small t: samples at t >= 500 get LATE_ATOL.
 ATOL = 5e-5
+LATE_ATOL = 1e-4
 
 
 def _diffusers_model() -> DiTTransformer2DModel:
@@ -103,7 +105,9 @@ def test_matches_diffusers(reference, scan):
   ours = jax.jit(model.apply)({"params": params}, x_nhwc, reference["t"], reference["y"])
   want = reference["run"](reference["x"], reference["t"], reference["y"])
   assert ours.shape == want.shape == (4, SIZE, SIZE, 2 * CHANNELS)
-  np.testing.assert_allclose(np.asarray(ours), want, atol=ATOL, rtol=0)
+  for i, t in enumerate(reference["t"]):
+    np.testing.assert_allclose(np.asarray(ours[i]), want[i], atol=LATE_ATOL if t >= 500 else ATOL,
+                               rtol=0, err_msg=f"sample {i} at t={t}")
 
 
 @pytest.mark.parametrize("guidance_channels", [3, None])
