@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Issue 14's open GPU matrix on a bare H100/H200 machine (no internet; see ../docs/benchmarks.md
-# "GPU"), in PARTS order so that a short budget measures the most important first: jax = the
-# dit_jax default XL/2 256 bf16 train step at batch BATCH (default 256) and 250-step guided
-# sampling; flags = XLA GPU flags, one process each (XLA_FLAGS is read once per process);
-# torch_sample / torch_train = PyTorch (diffusers DiT + torch.compile) side by side; levers = the
-# open model/optimizer levers. On the H200 one process with one XL/2 run took 80-130 s (2026-11-27),
-# so the whole matrix needs more than one 9-minute call: PARTS and FLAG_LIST pick what a call runs
-# (a second call on the same warm machine runs the rest). Every part runs under a timeout within
-# BUDGET_S, writes JSON as it goes; a part that fails or times out is logged and the next starts.
+# "GPU"), in PARTS order so that a short budget measures the most important first:
+#   levers        the dit_jax default XL/2 256 bf16 train step at batch BATCH (default 256), then
+#                 every open lever, XLA flags included, in ONE process: bench_matrix hands each
+#                 run's xla_* options to that run's compile, so a flag no longer costs a process
+#                 start (on the H200 a process took 80-130 s, a run in a warm process 50-60 s);
+#   jax_sample    250-step guided sampling, batch SAMPLE_BATCH;
+#   torch_sample, torch_train   PyTorch (diffusers DiT + torch.compile) side by side.
+# Every part runs under a timeout within BUDGET_S and writes JSON as it goes; a part that fails
+# or times out is logged and the next one starts.
 #
 # Before: on a machine with pip, from the repository root (ignored folder .whl/):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -23,10 +24,11 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTI
 C=${CONFIG:-configs/imagenet.py:variant=XL/2,res=256}
 B=${BATCH:-256}          # the fastest batch measured on an H200 (use 128 on an 80 GB H100)
 SAMPLE_B=${SAMPLE_BATCH:-32}
+PARTS=${PARTS:-levers jax_sample torch_sample torch_train}  # a later call can run the rest
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 cat "$OUT/gpu.txt"
 log() { tee -a "$OUT/run.log"; }
-FLAG_DIR=$(mktemp -d)  # this call's flag runs only (a warm machine keeps /tmp between calls)
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # FILE if it exists (a dit_jax result of an earlier part or call), else "": bench_torch's --compare
 # then has nothing to compare with instead of failing after its run.
@@ -42,55 +44,41 @@ part() {
   timeout "$limit" "$@" 2>&1 | log || echo "(exit ${PIPESTATUS[0]})" | log
 }
 
-PARTS=${PARTS:-jax flags torch_sample levers torch_train}  # a later call can run the rest
-# The flags not measured yet (2026-11-27: triton_gemm=false -1.8%, cublaslt=true +0.0%; the two
-# below timed out at 90 s, so each now gets 150 s).
-FLAG_LIST=${FLAG_LIST:-"--xla_gpu_experimental_enable_fusion_block_level_rewriter=true \
-  --xla_gpu_enable_cudnn_layer_norm=true --xla_gpu_enable_command_buffer="}
-wanted() { [[ " $PARTS " == *" $1 "* ]]; }
+# The default first (this call's baseline), one lever per run after it, the slowest compile last.
+# Measured before (2026-11-27): triton_gemm=false -1.8%, cublaslt=true +0.0%; the block-level
+# rewriter and cuDNN LayerNorm processes did not finish within 90 s.
+if wanted levers; then
+  part "dit_jax default and levers, train batch $B" 450 \
+    python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_levers.json" \
+    --run "default:$B" \
+    --run "adam_mu_bf16:$B:adam_mu_dtype=bfloat16" \
+    --run "no_cuda_graphs:$B:xla_gpu_enable_command_buffer=" \
+    --run "latency_hiding_scheduler:$B:xla_gpu_enable_latency_hiding_scheduler=True" \
+    --run "cudnn_layer_norm:$B:xla_gpu_enable_cudnn_layer_norm=True" \
+    --run "remat_named:$B:model.remat_policy=qkv_attention_mlp_saveable" \
+    --run "scan_blocks:$B:model.scan_blocks=True" \
+    --run "block_level_rewriter:$B:xla_gpu_experimental_enable_fusion_block_level_rewriter=True"
+  python3 -c "import json, sys; [json.dump(r, open('/tmp/jax_train.json', 'w'))
+    for r in json.load(open(sys.argv[1])) if r['name'] == 'default' and 'error' not in r]" \
+    "$OUT/jax_levers.json" || true
+fi
 
-if wanted jax; then
-  part "dit_jax default: train batch $B, sampling batch $SAMPLE_B" 240 \
-    python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_default.json" \
-    --run "default:$B" --run "sample:$SAMPLE_B:mode=sample"
-  python3 - "$OUT/jax_default.json" <<'EOF' || true
-import json, sys
-for r in json.load(open(sys.argv[1])):
-  if "error" not in r:
-    json.dump(r, open(f"/tmp/jax_{r['mode']}.json", "w"))
-EOF
+if wanted jax_sample; then
+  part "dit_jax sampling, batch $SAMPLE_B" 150 \
+    python3 -m dit_jax.bench --config "$C" --mode sample --batch_per_device "$SAMPLE_B" \
+    --steps 1 --json "$OUT/jax_sample.json"
+fi
+
+if wanted torch_sample; then
+  part "PyTorch sampling, batch $SAMPLE_B" 200 \
+    python3 -m dit_jax.bench_torch --config "$C" --mode sample --batch_per_device "$SAMPLE_B" \
+    --steps 1 --warmup 0 --json "$OUT/torch_sample.json" --compare="$(existing "$OUT/jax_sample.json")"
 fi
 
 if wanted torch_train; then
   part "PyTorch diffusers DiT, torch.compile, train batch $B" 170 \
     python3 -m dit_jax.bench_torch --config "$C" --batch_per_device "$B" --steps 10 \
     --json "$OUT/torch_train.json" --compare="$(existing /tmp/jax_train.json)"
-fi
-
-# Each flag of FLAG_LIST in its own process (XLA_FLAGS is read once per process).
-if wanted flags; then
-  for FLAG in $FLAG_LIST; do
-    NAME=$(echo "$FLAG" | sed 's/^--xla_gpu_//; s/^experimental_//; s/=$/_off/; s/=/_/')
-    XLA_FLAGS=$FLAG part "XLA_FLAGS=$FLAG, train batch $B" 150 \
-      python3 -m dit_jax.bench_matrix --config "$C" --json "$FLAG_DIR/$NAME.json" \
-      --run "flag_$NAME:$B"
-  done
-  # One file for all flag runs (the machine returns at most 8 files).
-  python3 -c "import glob, json, sys; json.dump([r for f in sorted(glob.glob(sys.argv[1] + '/*.json'))
-    for r in json.load(open(f))], open(sys.argv[2], 'w'), indent=1)" "$FLAG_DIR" "$OUT/flags.json" || true
-fi
-
-if wanted levers; then
-  part "dit_jax levers, train batch $B" 240 \
-    python3 -m dit_jax.bench_matrix --config "$C" --json "$OUT/jax_levers.json" \
-    --run "adam_mu_bf16:$B:adam_mu_dtype=bfloat16" \
-    --run "remat_named:$B:model.remat_policy=qkv_attention_mlp_saveable"
-fi
-
-if wanted torch_sample; then
-  part "PyTorch sampling, batch $SAMPLE_B" 200 \
-    python3 -m dit_jax.bench_torch --config "$C" --mode sample --batch_per_device "$SAMPLE_B" \
-    --steps 1 --warmup 0 --json "$OUT/torch_sample.json" --compare="$(existing /tmp/jax_sample.json)"
 fi
 
 grep -h "^==\|^\[\|x (\|images/s \|exit" "$OUT/run.log" | tail -40 || true

@@ -167,10 +167,12 @@ def _prepare(config, batch_per_device: int):
 
 
 def run_train(config, batch_per_device: int, steps: int, warmup: int = 2,
-              profile_dir: str | None = None) -> dict:
+              profile_dir: str | None = None, compiler_options: dict | None = None) -> dict:
   """Times ``steps`` train steps after compile and ``warmup`` steps; returns the result dict.
   With ``profile_dir``, PROFILE_STEPS more steps are traced there afterwards (not timed) and the
-  result's "profile" says which kernels took the device time (``dit_jax.profile_summary``)."""
+  result's "profile" says which kernels took the device time (``dit_jax.profile_summary``).
+  ``compiler_options`` (XLA debug options by name, e.g. {"xla_gpu_enable_command_buffer": ""})
+  apply to this step's compile only, so one process can time several XLA flags."""
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
   mesh, _ = _prepare(config, batch_per_device)
@@ -180,7 +182,7 @@ def run_train(config, batch_per_device: int, steps: int, warmup: int = 2,
   step = train_state.jit_train_step(config, mesh, state_shardings)
   batch = synthetic_batch(config, mesh, config.global_batch_size)
   timer = Timer()
-  compiled = step.lower(state, batch, rng).compile()
+  compiled = step.lower(state, batch, rng).compile(compiler_options)
   compile_s = timer.elapsed()
   times = []
   for i in range(warmup + steps):

@@ -3,11 +3,14 @@
   python -m dit_jax.bench_matrix --config configs/imagenet.py:variant=XL/2,res=256 \
       --json matrix.json --profile /tmp/profile \
       --run default:256 --run adam_mu_bf16:256:adam_mu_dtype=bfloat16 \
-      --run remat:256:model.remat_policy=qkv_attention_mlp_saveable --run sample:32:mode=sample
+      --run remat:256:model.remat_policy=qkv_attention_mlp_saveable --run sample:32:mode=sample \
+      --run no_cuda_graphs:256:xla_gpu_enable_command_buffer=
 
 Each ``--run NAME:BATCH[:KEY=VALUE,...]`` is one ``dit_jax.bench`` run (train mode unless
 ``mode=sample``) on a fresh copy of the config with the overrides applied (dotted keys as on the
-command line; values parsed as Python literals, else kept as strings). Runs go one after the
+command line; values parsed as Python literals, else kept as strings). Keys that start with
+``xla_`` are XLA debug options for that run's train-step compile (``jax.stages.Lowered.compile``'s
+``compiler_options``; the same names as XLA_FLAGS, which a process reads only once). Runs go one after the
 other in this process, which pays the imports once and, on a machine with minutes of device time,
 leaves only compiles and timed steps. After every run the whole list so far is written to
 ``--json`` (a crash or a timeout keeps what finished) and one summary line is printed. A run that
@@ -49,18 +52,22 @@ def run_one(base_config, name: str, batch: int, overrides: dict, steps: int,
   """One bench run of ``base_config`` with ``overrides``; returns its result or its error."""
   overrides = dict(overrides)
   mode = overrides.pop("mode", "train")
+  xla_options = {k: overrides.pop(k) for k in list(overrides) if k.startswith("xla_")}
   config = copy.deepcopy(base_config)
   try:
+    if xla_options and mode != "train":
+      raise ValueError(f"XLA options {sorted(xla_options)} apply to train runs only.")
     config.update_from_flattened_dict(overrides)
     if mode == "sample":
       result = bench.run_sample(config, batch, repeats=1)
     else:
-      result = bench.run_train(config, batch, steps, profile_dir=profile_dir)
+      result = bench.run_train(config, batch, steps, profile_dir=profile_dir,
+                               compiler_options=xla_options or None)
   except Exception as e:  # pylint: disable=broad-except  (recorded; the next run goes on)
     traceback.print_exc()
     return dict(name=name, batch_per_device=batch, overrides=overrides, mode=mode,
-                error=f"{type(e).__name__}: {str(e)[:2000]}")
-  return dict(result, name=name, overrides=overrides)
+                xla_options=xla_options, error=f"{type(e).__name__}: {str(e)[:2000]}")
+  return dict(result, name=name, overrides=overrides, xla_options=xla_options)
 
 
 def summary_line(r: dict) -> str:
