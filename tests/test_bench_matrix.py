@@ -53,3 +53,13 @@ def test_xla_options_are_refused_for_sampling_runs(devices):
                            {"mode": "sample", "xla_gpu_enable_command_buffer": ""},
                            steps=1, profile_dir=None)
   assert "train runs only" in r["error"]
+
+
+def test_a_peak_no_higher_than_an_earlier_runs_is_only_an_upper_bound():
+  first = bench_matrix.own_peak({"peak_memory_bytes": 100}, None)
+  assert first["peak_memory_bytes"] == 100
+  lower = bench_matrix.own_peak({"peak_memory_bytes": 100}, 100)
+  assert lower["peak_memory_bytes"] is None and lower["peak_memory_at_most_bytes"] == 100
+  higher = bench_matrix.own_peak({"peak_memory_bytes": 120}, 100)
+  assert higher["peak_memory_bytes"] == 120 and "peak_memory_at_most_bytes" not in higher
+  assert bench_matrix.own_peak({"peak_memory_bytes": None}, 100)["peak_memory_bytes"] is None
