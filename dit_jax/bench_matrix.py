@@ -10,11 +10,12 @@ Each ``--run NAME:BATCH[:KEY=VALUE,...]`` is one ``dit_jax.bench`` run (train mo
 ``mode=sample``) on a fresh copy of the config with the overrides applied (dotted keys as on the
 command line; values parsed as Python literals, else kept as strings). Keys that start with
 ``xla_`` are XLA debug options for that run's train-step compile (``jax.stages.Lowered.compile``'s
-``compiler_options``; the same names as XLA_FLAGS, which a process reads only once). Runs go one after the
-other in this process, which pays the imports once and, on a machine with minutes of device time,
-leaves only compiles and timed steps. After every run the whole list so far is written to
-``--json`` (a crash or a timeout keeps what finished) and one summary line is printed. A run that
-fails (out of memory at a large batch, say) is recorded with its error and the next one starts.
+``compiler_options``; the same names as XLA_FLAGS, which a process reads only once). Runs go one
+after the other in this process, which pays the imports once and, on a machine with minutes of
+device time, leaves only compiles and timed steps. After every run the whole list so far is
+written to ``--json`` (a crash or a timeout keeps what finished) and one summary line is printed.
+A run that fails (out of memory at a large batch, say) is recorded with its error and the next
+one starts.
 ``--profile DIR`` traces the first train run (``bench.run_train(profile_dir=...)``).
 
 Peak memory: the devices' ``peak_bytes_in_use`` counts from the process start and jax cannot
@@ -77,7 +78,8 @@ def run_one(base_config, name: str, batch: int, overrides: dict, steps: int,
 
 def own_peak(result: dict, process_peak: int | None) -> dict:
   """``result`` with its peak memory moved to ``peak_memory_at_most_bytes`` when it does not
-  exceed ``process_peak`` (the largest reading of the earlier runs in this process)."""
+  exceed ``process_peak`` (the devices' reading before this run: the earlier runs' largest,
+  failed runs included)."""
   peak = result.get("peak_memory_bytes")
   if peak is None or process_peak is None or peak > process_peak:
     return result
@@ -114,15 +116,15 @@ def main(argv: Any) -> None:
     paths.prepare_output_file(f.json, "--json")
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  results, profile_dir, process_peak = [], f.profile, None
+  results, profile_dir = [], f.profile
   for name, batch, overrides in runs:
     profiled = profile_dir if overrides.get("mode", "train") == "train" else None
+    peak_before = bench.peak_memory_bytes()
     result = run_one(f.config, name, batch, overrides, f.steps, profiled)
     if profiled and "error" not in result:
       profile_dir = None  # only the first train run that worked is traced
     if "error" not in result:
-      result = own_peak(result, process_peak)
-      process_peak = max(filter(None, (process_peak, result["peak_memory_bytes"])), default=None)
+      result = own_peak(result, peak_before)
     results.append(result)
     print(summary_line(result), flush=True)
     for line in bench.format_profile(result.get("profile", {}), top=15):
