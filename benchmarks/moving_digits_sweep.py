@@ -41,14 +41,19 @@ CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "moving_di
 LEVELS = 8.0  # sources.DigitsSource: x = level / 8 - 1 for the digits' integer levels 0..16
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("write_data", None, "Write the default config's train videos to this npz "
-                    "(needs scikit-learn) and exit.")
-flags.DEFINE_string("data", None, "The npz from --write_data.")
-flags.DEFINE_multi_string("run", [], "NAME:BATCH[:KEY=VALUE,...]; see the module docstring.")
-flags.DEFINE_string("json", None, "Where the results go (rewritten after every run).")
-flags.DEFINE_integer("videos", 400, "Videos sampled per run, an equal number per class.")
-flags.DEFINE_integer("log_every", 800, "Steps between the printed losses.")
-flags.DEFINE_float("budget_s", 1e9, "No run starts after this many seconds.")
+
+
+def define_flags() -> None:
+  """The command's flags; defined only when run as a program, so that importing this file (the
+  tests) does not clash with other modules' flags of the same names."""
+  flags.DEFINE_string("write_data", None, "Write the default config's train videos to this npz "
+                      "(needs scikit-learn) and exit.")
+  flags.DEFINE_string("data", None, "The npz from --write_data.")
+  flags.DEFINE_multi_string("run", [], "NAME:BATCH[:KEY=VALUE,...]; see the module docstring.")
+  flags.DEFINE_string("json", None, "Where the results go (rewritten after every run).")
+  flags.DEFINE_integer("videos", 400, "Videos sampled per run, an equal number per class.")
+  flags.DEFINE_integer("log_every", 800, "Steps between the printed losses.")
+  flags.DEFINE_float("budget_s", 1e9, "No run starts after this many seconds.")
 
 
 def build_config(overrides: dict):
@@ -102,18 +107,19 @@ def batches(videos, labels, batch: int, seed: int):
       yield dict(x=videos[idx], y=labels[idx])
 
 
-def train_and_score(name: str, batch: int, overrides: dict, data_path: str) -> dict:
-  """Trains one recipe for its config's num_train_steps, then samples and scores it."""
+def train_and_score(name: str, batch: int, overrides: dict, data_path: str, *, videos: int,
+                    log_every: int) -> dict:
+  """Trains one recipe for its config's num_train_steps, then samples and scores `videos`."""
   config = build_config(overrides)
   config.global_batch_size = batch
   mesh = sharding.create_mesh(config.mesh.to_dict())
-  videos, labels = load_data(data_path, config)
+  train_videos, train_labels = load_data(data_path, config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   _, shardings = ts.abstract_train_state(config, mesh)
   state = ts.init_train_state(config, mesh, init_rng)
   step = ts.jit_train_step(config, mesh, shardings)
   to_device = lambda b: jax.device_put(b, sharding.batch_sharding(mesh))
-  stream = batches(videos, labels, batch, config.seed)
+  stream = batches(train_videos, train_labels, batch, config.seed)
 
   start = time.perf_counter()
   state, metrics = step(state, to_device(next(stream)), step_rng)
@@ -122,12 +128,12 @@ def train_and_score(name: str, batch: int, overrides: dict, data_path: str) -> d
   losses, start = [], time.perf_counter()
   for i in range(1, config.num_train_steps):
     state, metrics = step(state, to_device(next(stream)), step_rng)
-    if (i + 1) % FLAGS.log_every == 0 or i + 1 == config.num_train_steps:
+    if (i + 1) % log_every == 0 or i + 1 == config.num_train_steps:
       losses.append((i + 1, float(metrics["loss"])))
       print(f"  [{name}] step {i + 1}: loss {losses[-1][1]:.4f}", flush=True)
   train_s = time.perf_counter() - start
 
-  per_class = FLAGS.videos // config.model.num_classes
+  per_class = videos // config.model.num_classes
   sample_labels = np.repeat(np.arange(config.model.num_classes), per_class)
   start = time.perf_counter()
   shards = sharding.batch_shard_count(mesh)  # one batch, padded to a multiple of the devices
@@ -170,7 +176,8 @@ def main(argv) -> None:
                           error=f"not started: the {FLAGS.budget_s:.0f} s budget was spent"))
     else:
       try:
-        results.append(train_and_score(name, batch, overrides, FLAGS.data))
+        results.append(train_and_score(name, batch, overrides, FLAGS.data, videos=FLAGS.videos,
+                                       log_every=FLAGS.log_every))
       except Exception as e:  # pylint: disable=broad-except  (recorded; the next run goes on)
         traceback.print_exc()
         results.append(dict(name=name, batch=batch, overrides=overrides,
@@ -182,4 +189,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
