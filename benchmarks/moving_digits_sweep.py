@@ -23,7 +23,6 @@ config with the global batch BATCH and the dotted overrides. After every run the
 written to ``--json`` and one line is printed; a run that fails is recorded with its error.
 Runs stop being started once ``--budget_s`` seconds have passed.
 """
-import importlib.util
 import json
 import pathlib
 import sys
@@ -34,7 +33,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from dit_jax import bench_matrix, flops, sample, sharding, video_quality
+from dit_jax import bench_matrix, config_files, flops, sample, sharding, video_quality
 from dit_jax import train_state as ts
 
 CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "moving_digits.py"
@@ -58,19 +57,7 @@ def define_flags() -> None:
 
 def build_config(overrides: dict):
   """configs/moving_digits.py's config with the dotted overrides (unknown keys raise)."""
-  spec = importlib.util.spec_from_file_location("moving_digits_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key in overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-      node = node.get(part, {})
-    if leaf not in node:
-      raise KeyError(f"override {key!r} is not a field of {CONFIG.name}.")
-  config.update_from_flattened_dict(overrides)
-  return config
+  return config_files.override(config_files.load(CONFIG), overrides, CONFIG.name)
 
 
 def write_data(path: str) -> None:

@@ -1,5 +1,5 @@
-"""Helpers for the config files under configs/: building on a sibling config and parsing the
-`key=value,...` argument of `--config FILE.py:ARG`.
+"""Helpers for the config files under configs/: loading one by path, building on a sibling
+config, setting dotted fields, and parsing the `key=value,...` argument of `--config FILE.py:ARG`.
 
 Configs load each other by path (not `from configs import ...`), so a config file works from
 any directory, as ml_collections' config_flags loads it.
@@ -10,13 +10,44 @@ import pathlib
 import ml_collections
 
 
-def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of configs/<name>.py, the file next to `config_file` (pass __file__)."""
-  path = pathlib.Path(config_file).with_name(f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"dit_jax_configs_{name}", path)
+def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {str(path)!r} not found; pass e.g. configs/digits.py")
+  spec = importlib.util.spec_from_file_location(f"dit_jax_configs_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def load_spec(spec: str) -> ml_collections.ConfigDict:
+  """The config that `--config PATH[:ARG]` names, e.g. "configs/imagenet.py:variant=B/2"."""
+  path, _, arg = spec.partition(":")
+  return load(path, arg or None)
+
+
+def sibling(config_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of configs/<name>.py, the file next to `config_file` (pass __file__)."""
+  return load(pathlib.Path(config_file).with_name(f"{name}.py"), arg)
+
+
+def override(config: ml_collections.ConfigDict, values: dict, source: str) -> ml_collections.ConfigDict:
+  """Sets the dotted fields of `values` ({"model.depth": 2, ...}) in `config` and returns it.
+
+  A field the config does not define raises KeyError naming it and `source` (the config file),
+  as `dit_jax.train` rejects an unknown `--config.` flag: a typo must not pass unnoticed.
+  """
+  for field, value in values.items():
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+      node = node.get(part, {})
+    if leaf not in node:
+      raise KeyError(f"{field!r} is not a field of {source}; only fields the config defines "
+                     "can be set.")
+  config.update_from_flattened_dict(values)
+  return config
 
 
 def parse_arg(arg: str | None, defaults: dict, config_name: str) -> dict:

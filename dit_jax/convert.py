@@ -19,7 +19,6 @@ attention output (D, D) -> (heads, head_dim, D); the patch conv (D, C, p, p) -> 
 Scanned models (``scan_blocks=True``) get the blocks stacked along a leading depth axis.
 """
 import argparse
-import importlib.util
 import math
 import os
 import pathlib
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from dit_jax import downloads
+from dit_jax import config_files, downloads
 from dit_jax.models import layers
 from dit_jax.models.dit import DiT, build_model, init_inputs
 from dit_jax.models.vae_weights import vae_params_from_diffusers  # noqa: F401  (public API)
@@ -181,13 +180,6 @@ def _check_pos_embed(pos: np.ndarray, model: DiT) -> list[str]:
   return []
 
 
-def _load_config(config_path: pathlib.Path, arg: str):
-  spec = importlib.util.spec_from_file_location("dit_config", config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 def _load_official(path: str) -> dict:
   """The EMA state dict of a released model or a DiT training checkpoint, as float32 numpy.
 
@@ -271,7 +263,7 @@ def convert_official(official: str, output: str, variant: str | None = None,
   """
   _check_output(output)  # before a download of gigabytes
   path, variant, image_size = _resolve(official, variant, image_size)
-  config = _load_config(pathlib.Path(config_path), f"variant={variant},res={image_size}")
+  config = config_files.load(config_path, f"variant={variant},res={image_size}")
   params = params_from_official(_load_official(path), build_model(config.model))
   from dit_jax import checkpoint  # the checkpoint layout belongs to training
 

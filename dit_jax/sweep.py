@@ -46,6 +46,8 @@ from absl import app, flags
 from etils import epath
 import numpy as np
 
+from dit_jax import config_files
+
 RUN_MODES = ("local", "print", "launch", "none")
 RESULT_FILE = "sweep_result.json"
 SAMPLES_FILE = "sweep_samples.npz"
@@ -147,22 +149,10 @@ def override_flags(overrides: dict) -> list[str]:
 
 
 def build_config(grid: dict, run: Run):
-  """The run's full config: the base config's ``get_config(arg)`` with fixed and run values set."""
-  path, _, arg = grid["config"].partition(":")
-  spec = importlib.util.spec_from_file_location("sweep_base_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for field, value in {**grid.get("fixed", {}), **run.values}.items():
-    *parents, leaf = field.split(".")
-    node = config
-    for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"grid field {field!r} is not in {grid['config']}; sweep only fields the "
-                     "config defines (dit_jax.train rejects unknown ones too).")
-    node[leaf] = value
-  return config
+  """The run's full config: the base config's ``get_config(arg)`` with fixed and run values set
+  (a field the base config does not define raises KeyError)."""
+  return config_files.override(config_files.load_spec(grid["config"]),
+                               {**grid.get("fixed", {}), **run.values}, grid["config"])
 
 
 def model_stats(config) -> dict:

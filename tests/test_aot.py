@@ -8,12 +8,11 @@ datasheet HBM of v5e (16 GB), and that the compiler's estimates are positive and
 absent when XLA counted a scanned block only once. Errors: unknown topologies, and configs that
 cannot be sharded on the slice, fail before compiling.
 """
-import importlib.util
 import pathlib
 
 import pytest
 
-from dit_jax import aot, config_checks, train_state
+from dit_jax import aot, config_checks, config_files, train_state
 from dit_jax.models import dit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,10 +21,7 @@ CHIPS = 4
 
 
 def smoke_config():
-  spec = importlib.util.spec_from_file_location("imagenet_config", ROOT / "configs/imagenet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = config_files.load(ROOT / "configs/imagenet.py", "smoke")
   config.model.update(hidden_size=128, num_heads=2)  # lane-aligned: padding < 1% of the state
   return config
 

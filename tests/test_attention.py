@@ -11,7 +11,6 @@
   contains the Mosaic kernel (auto picked Pallas from the mesh's TPU devices on this CPU host) and
   no all-gather (shard_map keeps the batch sharded; XLA alone would gather the kernel's inputs).
 """
-import importlib.util
 import pathlib
 
 import jax
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from dit_jax import aot, bench, config_checks, sharding, train_state
+from dit_jax import aot, bench, config_checks, config_files, sharding, train_state
 from dit_jax.models import dit, layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,10 +56,7 @@ def test_unknown_impl_refused_by_name():
 
 
 def _imagenet_smoke():
-  spec = importlib.util.spec_from_file_location("imagenet_config", ROOT / "configs/imagenet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return config_files.load(ROOT / "configs/imagenet.py", "smoke")
 
 
 def test_config_check_refuses_unknown_impl():

@@ -7,7 +7,6 @@ versions equal to the imported libraries. Also checks that the benchmark imports
 tfds, grain, clu and tensorflow made unimportable (it must run on a bare accelerator machine),
 and that an empty batch or an unwritable --json path is refused before anything is timed.
 """
-import importlib.util
 import json
 import math
 import os
@@ -19,7 +18,7 @@ import sys
 import jax
 import pytest
 
-from dit_jax import bench, flops, profile_summary, sharding, train_state
+from dit_jax import bench, config_files, flops, profile_summary, sharding, train_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HEAVY_MODULES = ("tensorflow", "tensorflow_datasets", "grain", "clu")
@@ -27,10 +26,7 @@ SMOKE = "configs/imagenet.py:smoke"
 
 
 def smoke_config():
-  spec = importlib.util.spec_from_file_location("imagenet_config", ROOT / "configs/imagenet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return config_files.load(ROOT / "configs/imagenet.py", "smoke")
 
 
 # Runs the CLI's main with the heavy modules blocked (an import of any raises ImportError).
@@ -150,11 +146,8 @@ def test_api_refuses_an_empty_batch():
 
 def test_loop_mode_reports_the_loop_next_to_the_step(devices):
   """The real training loop (digits smoke, in-memory) after train mode on the same config."""
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs/digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   steps = 3
-  r = bench.run_loop(module.get_config("smoke"), batch_per_device=1, steps=steps, warmup=1)
+  r = bench.run_loop(config_files.load(ROOT / "configs/digits.py", "smoke"), batch_per_device=1, steps=steps, warmup=1)
   assert r["mode"] == "loop" and r["timed_steps"] == steps
   assert r["global_batch_size"] == len(devices)
   assert r["images_per_s"] == pytest.approx(len(devices) / r["step_time_s"]["mean"])
@@ -175,10 +168,7 @@ def test_loop_mode_needs_a_warmup_window():
 def test_video_shapes(devices):
   """The benchmark times video models as it does images (issue 15): videos (B, F, H, W, C),
   Gflops per video from the model's own count."""
-  spec = importlib.util.spec_from_file_location("video_config", ROOT / "configs/video.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke,layout=factorized,pt=2")
+  config = config_files.load(ROOT / "configs/video.py", "smoke,layout=factorized,pt=2")
   r = bench.run_train(config, batch_per_device=1, steps=1, warmup=1)
   model = train_state.build_model(config)
   assert model.input_shape == (4, 8, 8, 4) and model.attention_layout == "factorized"

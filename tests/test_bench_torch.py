@@ -6,7 +6,6 @@ for a fixed model function and fixed t and noise, and one respaced 250-step ance
 log variance. Then a short run of each mode with diffusers' DiTTransformer2DModel on the CPU
 (no torch.compile) gives JSON-ready results with sane fields.
 """
-import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -16,16 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from dit_jax import bench_torch, diffusion
+from dit_jax import bench_torch, config_files, diffusion
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def smoke_config():
-  spec = importlib.util.spec_from_file_location("imagenet_config", ROOT / "configs/imagenet.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return config_files.load(ROOT / "configs/imagenet.py", "smoke")
 
 
 class _Out:

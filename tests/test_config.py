@@ -5,10 +5,14 @@ References: the team contract's list of config fields; the paper's recipe (DIT-F
 AdamW 1e-4, weight decay 0, batch 256, EMA 0.9999, latents x 0.18215) for configs/imagenet.py;
 the variant table of DIT-FACTS.md for variant strings.
 """
+import pathlib
+
 import pytest
 
 from configs import digits, imagenet
-from dit_jax import config_checks
+from dit_jax import config_checks, config_files
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 REQUIRED_FIELDS = (
     "seed", "num_train_steps", "global_batch_size", "learning_rate", "weight_decay",
@@ -113,3 +117,18 @@ def test_config_errors_name_the_field(mutate, num_devices, process_count, field)
     return
   with pytest.raises(config_checks.ConfigError, match=field.replace(".", r"\.")):
     config_checks.validate(config, num_devices=num_devices, process_count=process_count)
+
+
+def test_config_files_load_by_path_and_set_only_defined_fields():
+  """`load_spec` is what `--config PATH:ARG` loads; `override` sets dotted fields and refuses a
+  field the config does not define (the sweep and the moving-digits sweep script rely on it)."""
+  loaded = config_files.load_spec(str(ROOT / "configs/imagenet.py") + ":variant=B/4,res=512")
+  assert loaded.to_dict() == imagenet.get_config("variant=B/4,res=512").to_dict()
+  config = config_files.override(digits.get_config(), {"model.depth": 2, "ema_decay": 0.9},
+                                 "configs/digits.py")
+  assert (config.model.depth, config.ema_decay) == (2, 0.9)
+  for field in ("model.width", "ema_decy", "nope.depth"):
+    with pytest.raises(KeyError, match=f"{field}.*configs/digits.py"):
+      config_files.override(digits.get_config(), {field: 1}, "configs/digits.py")
+  with pytest.raises(FileNotFoundError, match="configs/nope.py"):
+    config_files.load("configs/nope.py")

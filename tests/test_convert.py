@@ -30,7 +30,7 @@ import pytest
 import torch
 from flax import linen as nn
 
-from dit_jax import checkpoint, convert, downloads, sharding
+from dit_jax import checkpoint, config_files, convert, downloads, sharding
 from dit_jax import train_state as ts
 from dit_jax.models import layers
 from dit_jax.models.dit import DiT, init_inputs
@@ -218,10 +218,7 @@ def test_cli_refuses_outputs_that_hold_checkpoints(tmp_path, tiny_config, capsys
 
 
 def _digits_smoke():
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return config_files.load(ROOT / "configs/digits.py", "smoke")
 
 
 @pytest.fixture
