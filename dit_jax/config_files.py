@@ -6,19 +6,28 @@ any directory, as ml_collections' config_flags loads it.
 """
 import importlib.util
 import pathlib
+import types
 
 import ml_collections
 
 
-def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file at `path`."""
+def import_file(path: str | pathlib.Path, example: str) -> types.ModuleType:
+  """The Python file at `path` run as a module (config and sweep-grid files are loaded by path);
+  a missing file raises FileNotFoundError that suggests `example`."""
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"config file {str(path)!r} not found; pass e.g. configs/digits.py")
+    raise FileNotFoundError(f"file {str(path)!r} not found; pass e.g. {example}")
   spec = importlib.util.spec_from_file_location(f"dit_jax_configs_{path.stem}", path)
+  if spec is None:
+    raise ValueError(f"{str(path)!r} is not a Python file; pass e.g. {example}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load(path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`."""
+  return import_file(path, "configs/digits.py").get_config(arg)
 
 
 def load_spec(spec: str) -> ml_collections.ConfigDict:

@@ -30,7 +30,6 @@ the mean of the logged training losses over the last 10% of steps (one logged lo
 """
 import csv
 import dataclasses
-import importlib.util
 import itertools
 import json
 import math
@@ -90,12 +89,7 @@ class Run:
 
 def load_grid(path: str) -> dict:
   """Imports a grid file and returns its ``get_sweep()`` dict, checked."""
-  spec = importlib.util.spec_from_file_location(f"sweep_grid_{pathlib.Path(path).stem}", path)
-  if spec is None or not os.path.exists(path):
-    raise FileNotFoundError(f"grid file {path!r} not found; pass e.g. configs/sweeps/digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  grid = module.get_sweep()
+  grid = config_files.import_file(path, "configs/sweeps/digits.py").get_sweep()
   unknown = set(grid) - {"config", "fixed", "axes", "keep", "evaluation"}
   if unknown or "config" not in grid:
     raise ValueError(f"{path}: get_sweep() needs 'config' and may have fixed, axes, keep, "

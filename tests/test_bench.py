@@ -147,7 +147,8 @@ def test_api_refuses_an_empty_batch():
 def test_loop_mode_reports_the_loop_next_to_the_step(devices):
   """The real training loop (digits smoke, in-memory) after train mode on the same config."""
   steps = 3
-  r = bench.run_loop(config_files.load(ROOT / "configs/digits.py", "smoke"), batch_per_device=1, steps=steps, warmup=1)
+  config = config_files.load(ROOT / "configs/digits.py", "smoke")
+  r = bench.run_loop(config, batch_per_device=1, steps=steps, warmup=1)
   assert r["mode"] == "loop" and r["timed_steps"] == steps
   assert r["global_batch_size"] == len(devices)
   assert r["images_per_s"] == pytest.approx(len(devices) / r["step_time_s"]["mean"])

@@ -132,3 +132,5 @@ def test_config_files_load_by_path_and_set_only_defined_fields():
       config_files.override(digits.get_config(), {field: 1}, "configs/digits.py")
   with pytest.raises(FileNotFoundError, match="configs/nope.py"):
     config_files.load("configs/nope.py")
+  with pytest.raises(ValueError, match="README.md' is not a Python file"):
+    config_files.load(ROOT / "README.md")

@@ -17,7 +17,6 @@ are usage errors that say so.
 """
 import argparse
 import hashlib
-import importlib.util
 import pathlib
 import subprocess
 import sys
