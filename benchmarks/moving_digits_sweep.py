@@ -52,6 +52,8 @@ def define_flags() -> None:
   flags.DEFINE_string("json", None, "Where the results go (rewritten after every run).")
   flags.DEFINE_integer("videos", 400, "Videos sampled per run, an equal number per class.")
   flags.DEFINE_integer("log_every", 800, "Steps between the printed losses.")
+  flags.DEFINE_integer("score_every", 0, "Also sample and score the EMA model every this many "
+                       "steps (0: only after the last step), for quality against steps.")
   flags.DEFINE_float("budget_s", 1e9, "No run starts after this many seconds.")
 
 
@@ -94,9 +96,20 @@ def batches(videos, labels, batch: int, seed: int):
       yield dict(x=videos[idx], y=labels[idx])
 
 
+def score(config, mesh, ema_params, videos: int) -> dict:
+  """Samples `videos` (an equal number per class) from the EMA weights and scores them."""
+  per_class = videos // config.model.num_classes
+  labels = np.repeat(np.arange(config.model.num_classes), per_class)
+  shards = sharding.batch_shard_count(mesh)  # one batch, padded to a multiple of the devices
+  samples = sample.generate_images(config, ema_params, labels, mesh=mesh,
+                                   batch_size=shards * -(-len(labels) // shards))
+  return video_quality.moving_digits_quality(samples, labels)
+
+
 def train_and_score(name: str, batch: int, overrides: dict, data_path: str, *, videos: int,
-                    log_every: int) -> dict:
-  """Trains one recipe for its config's num_train_steps, then samples and scores `videos`."""
+                    log_every: int, score_every: int = 0) -> dict:
+  """Trains one recipe for its config's num_train_steps, then samples and scores `videos`
+  (also every `score_every` steps when > 0: the list `quality_by_step`)."""
   config = build_config(overrides)
   config.global_batch_size = batch
   mesh = sharding.create_mesh(config.mesh.to_dict())
@@ -112,29 +125,29 @@ def train_and_score(name: str, batch: int, overrides: dict, data_path: str, *, v
   state, metrics = step(state, to_device(next(stream)), step_rng)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
-  losses, start = [], time.perf_counter()
+  losses, quality_by_step, train_s, sample_s = [], [], 0.0, 0.0
+  start = time.perf_counter()
   for i in range(1, config.num_train_steps):
     state, metrics = step(state, to_device(next(stream)), step_rng)
-    if (i + 1) % log_every == 0 or i + 1 == config.num_train_steps:
-      losses.append((i + 1, float(metrics["loss"])))
-      print(f"  [{name}] step {i + 1}: loss {losses[-1][1]:.4f}", flush=True)
-  train_s = time.perf_counter() - start
-
-  per_class = videos // config.model.num_classes
-  sample_labels = np.repeat(np.arange(config.model.num_classes), per_class)
-  start = time.perf_counter()
-  shards = sharding.batch_shard_count(mesh)  # one batch, padded to a multiple of the devices
-  samples = sample.generate_images(config, state.ema_params, sample_labels, mesh=mesh,
-                                   batch_size=shards * -(-len(sample_labels) // shards))
-  sample_s = time.perf_counter() - start
+    done = i + 1
+    if done % log_every == 0 or done == config.num_train_steps:
+      losses.append((done, float(metrics["loss"])))
+      print(f"  [{name}] step {done}: loss {losses[-1][1]:.4f}", flush=True)
+    if (score_every and done % score_every == 0) or done == config.num_train_steps:
+      jax.block_until_ready(state)
+      train_s += time.perf_counter() - start
+      start = time.perf_counter()
+      quality_by_step.append((done, score(config, mesh, state.ema_params, videos)))
+      sample_s += time.perf_counter() - start
+      start = time.perf_counter()
   gflops = flops.dit_gflops(ts.build_model(config))
   return dict(name=name, batch=batch, overrides=overrides, steps=config.num_train_steps,
               gflops_per_video=gflops,
               train_tflops=3 * gflops * batch * config.num_train_steps / 1e3,
               compile_s=compile_s, train_s=train_s, sample_s_with_compile=sample_s,
               losses=losses, cfg_scale=config.sample.cfg_scale,
-              num_sampling_steps=config.sample.num_sampling_steps, videos=len(sample_labels),
-              quality=video_quality.moving_digits_quality(samples, sample_labels))
+              num_sampling_steps=config.sample.num_sampling_steps, videos=videos,
+              quality=quality_by_step[-1][1], quality_by_step=quality_by_step)
 
 
 def summary_line(r: dict) -> str:
@@ -144,7 +157,9 @@ def summary_line(r: dict) -> str:
   return (f"[{r['name']}] {r['steps']} x {r['batch']}, {r['train_tflops']:.0f} Tflop: "
           f"frame accuracy {q['frame_accuracy']:.3f}, identity {q['identity']:.3f}, speed "
           f"{q['mean_speed']:.2f}, moving {q['moving_fraction']:.2f} (train {r['train_s']:.0f} s, "
-          f"compile {r['compile_s']:.0f} s, sampling {r['sample_s_with_compile']:.0f} s)")
+          f"compile {r['compile_s']:.0f} s, sampling {r['sample_s_with_compile']:.0f} s); by step "
+          + ", ".join(f"{step} {q['frame_accuracy']:.2f}/{q['identity']:.2f}"
+                      for step, q in r["quality_by_step"]))
 
 
 def main(argv) -> None:
@@ -164,7 +179,7 @@ def main(argv) -> None:
     else:
       try:
         results.append(train_and_score(name, batch, overrides, FLAGS.data, videos=FLAGS.videos,
-                                       log_every=FLAGS.log_every))
+                                       log_every=FLAGS.log_every, score_every=FLAGS.score_every))
       except Exception as e:  # pylint: disable=broad-except  (recorded; the next run goes on)
         traceback.print_exc()
         results.append(dict(name=name, batch=batch, overrides=overrides,

@@ -2,7 +2,7 @@
 
 The data it carries to the GPU machine must be exactly the training job's videos (checked
 against MovingDigitsSource), and a run must train, sample and score end to end (a tiny one
-here), with a bad override recorded as that run's error while the next run goes on.
+here, scored also part way), with a bad override recorded as that run's error while the next run goes on.
 """
 import importlib.util
 import json
@@ -18,7 +18,7 @@ from dit_jax.data import moving_digits
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "moving_digits_sweep.py"
-TINY = ("num_train_steps=3,model.hidden_size=32,model.depth=2,model.num_heads=2,"
+TINY = ("num_train_steps=4,model.hidden_size=32,model.depth=2,model.num_heads=2,"
         "sample.num_sampling_steps=3")
 
 
@@ -59,10 +59,12 @@ def test_a_shape_mismatch_and_unknown_overrides_are_refused(sweep_module, data_f
 def test_tiny_runs_train_sample_and_score(data_file, tmp_path):
   out = tmp_path / "sweep.json"
   subprocess.run([sys.executable, str(SCRIPT), "--data", str(data_file), "--json", str(out),
-                  "--videos", "10", "--run", f"tiny:8:{TINY}", "--run", "typo:8:ema_decy=0.9"],
+                  "--videos", "10", "--score_every", "2", "--run", f"tiny:8:{TINY}", "--run", "typo:8:ema_decy=0.9"],
                  cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   tiny, typo = json.loads(out.read_text())
-  assert tiny["steps"] == 3 and tiny["batch"] == 8 and len(tiny["losses"]) == 1
+  assert tiny["steps"] == 4 and tiny["batch"] == 8 and len(tiny["losses"]) == 1
+  assert [step for step, _ in tiny["quality_by_step"]] == [2, 4]
+  assert tiny["quality"] == tiny["quality_by_step"][-1][1]
   assert tiny["quality"]["num_samples"] == 10
   assert 0.0 <= tiny["quality"]["frame_accuracy"] <= 1.0
   assert "ema_decy" in typo["error"]
