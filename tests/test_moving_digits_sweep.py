@@ -2,7 +2,8 @@
 
 The data it carries to the GPU machine must be exactly the training job's videos (checked
 against MovingDigitsSource), and a run must train, sample and score end to end (a tiny one
-here, scored also part way), with a bad override recorded as that run's error while the next run goes on.
+here, scored also part way), with a bad override recorded as that run's error while the next run
+goes on.
 """
 import importlib.util
 import json
@@ -59,7 +60,8 @@ def test_a_shape_mismatch_and_unknown_overrides_are_refused(sweep_module, data_f
 def test_tiny_runs_train_sample_and_score(data_file, tmp_path):
   out = tmp_path / "sweep.json"
   subprocess.run([sys.executable, str(SCRIPT), "--data", str(data_file), "--json", str(out),
-                  "--videos", "10", "--score_every", "2", "--run", f"tiny:8:{TINY}", "--run", "typo:8:ema_decy=0.9"],
+                  "--videos", "10", "--score_every", "2", "--run", f"tiny:8:{TINY}",
+                  "--run", "typo:8:ema_decy=0.9"],
                  cwd=ROOT, check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
   tiny, typo = json.loads(out.read_text())
   assert tiny["steps"] == 4 and tiny["batch"] == 8 and len(tiny["losses"]) == 1
