@@ -44,8 +44,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.update(hidden_size=32, depth=2, num_heads=2)
     config.global_batch_size = 16
   else:  # the smoke variant keeps the digits smoke schedule
-    # 2,400 steps of 32 videos (128 tokens each): 19 to 25 minutes on a 2-core CPU; on the H200
-    # the flow recipe scored 0.96 / 0.78 at step 2,400 of 3,200 and 0.97 / 0.81 at 3,200.
+    # 2,400 steps of 32 videos (128 tokens each): 19 to 30 minutes on a 2-core CPU (the VM's speed
+    # varies). On the H200 the flow recipe scored 0.96 / 0.78 at step 2,400 of 3,200 and 0.97 /
+    # 0.81 at 3,200; on the CPU, 300 samples of this schedule score 0.96 / 0.78.
     # Learning rate 4e-3 (the digits default's 2e-3 learned less per step; docs/video.md).
     config.update(global_batch_size=32, num_train_steps=2400, learning_rate=4e-3)
   return config
