@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ema_decay = 0.995
   # ---- End of the tuned block.
 
+  config.optimizer = "adamw"  # or "muon": Muon on the hidden kernels (dit_jax/muon.py)
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
 

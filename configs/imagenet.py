@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.ema_decay = 0.9999
   # ---- End of the recipe block.
 
+  config.optimizer = "adamw"  # or "muon": Muon on the hidden kernels (dit_jax/muon.py)
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_mu_dtype = "float32"  # "bfloat16": half the first moment's memory and traffic

@@ -13,6 +13,7 @@ from dit_jax import sharding
 OBJECTIVES = ("gaussian", "flow")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ADAM_MU_DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw", "muon")
 
 
 class ConfigError(ValueError):
@@ -126,8 +127,21 @@ def adam_mu_dtype(config) -> str:
   return name
 
 
+def optimizer(config) -> str:
+  """`config.optimizer`: "adamw" (the default) or "muon" (train_state.make_optimizer). Muon is
+  built without weight decay, so a decay > 0 is refused rather than silently dropped."""
+  name = config.get("optimizer", "adamw")
+  if name not in OPTIMIZERS:
+    raise ConfigError(f"config.optimizer={name!r} is not one of {OPTIMIZERS}.")
+  if name == "muon" and config.weight_decay > 0:
+    raise ConfigError(f"config.weight_decay={config.weight_decay} is not supported with "
+                      "config.optimizer='muon'; set config.weight_decay=0 or use 'adamw'.")
+  return name
+
+
 def _check_training(config) -> None:
   adam_mu_dtype(config)
+  optimizer(config)
   if config.get("lr_schedule", "constant") not in LR_SCHEDULES:
     raise ConfigError(f"config.lr_schedule={config.lr_schedule!r} is not one of {LR_SCHEDULES}.")
   if not 0.0 <= config.ema_decay <= 1.0:

@@ -20,6 +20,7 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import jax
+import optax
 import numpy as np
 from flax import linen as nn
 from jax.experimental import mesh_utils
@@ -186,4 +187,9 @@ def logical_to_shardings(abstract_tree, mesh: jax.sharding.Mesh, rules=DEFAULT_L
   leaves (step counters, optimizer scalars) are replicated.
   """
   specs = nn.get_partition_spec(abstract_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, rules)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  # optax.masked (Muon's split of the parameters between Muon and Adam) stores an array-less
+  # optax.MaskedNode inside a boxed leaf; keep it there so both trees have one structure.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
+  return jax.tree.map(lambda a, s: a if masked(a) else s, nn.unbox(abstract_tree), shardings,
+                      is_leaf=masked)

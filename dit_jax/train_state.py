@@ -18,6 +18,7 @@ import optax
 from flax import linen as nn
 
 from dit_jax import config_checks
+from dit_jax import muon
 from dit_jax import sharding
 from dit_jax.models import dit
 
@@ -27,6 +28,7 @@ PARAMS_RNG = "params"
 # as encoder outputs (B, L, D) or token ids (B, L) for a model with its own text encoder.
 TEXT_KEYS = ("context", "context_mask")
 STATE_FIELDS = ("step", "params", "ema_params", "opt_state")
+MUON_CONSISTENT_RMS = 0.2  # Muon's update RMS as AdamW's, so the same learning rate fits both
 
 
 @flax.struct.dataclass
@@ -99,21 +101,37 @@ def weight_decay_mask(config):
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-  """AdamW on `learning_rate_schedule`, after global-norm clipping if grad_clip_norm > 0.
+  """AdamW, or Muon (`config.optimizer`), on `learning_rate_schedule`, after global-norm clipping
+  if grad_clip_norm > 0.
 
-  Weight decay (when > 0) applies to the parameters `config.weight_decay_mask` selects. With no
-  decay the mask is left out, so the optimizer state has the same structure as before masks.
-  The first moment is stored in `config.adam_mu_dtype` (`config_checks.adam_mu_dtype`).
+  AdamW: weight decay (when > 0) applies to the parameters `config.weight_decay_mask` selects.
+  With no decay the mask is left out, so the optimizer state has the same structure as before
+  masks. The first moment is stored in `config.adam_mu_dtype` (`config_checks.adam_mu_dtype`).
+  Muon: optax.contrib.muon on the hidden kernels that `dit_jax.muon` names, with updates scaled to
+  AdamW's RMS (`consistent_rms=0.2`, Liu et al. 2025) so that AdamW's learning rate carries over;
+  the other parameters get optax's Adam with Nesterov momentum, as its muon does.
   """
-  mask = weight_decay_mask(config)
-  adamw = optax.adamw(
-      learning_rate_schedule(config), b1=config.get("adam_b1", 0.9),
-      b2=config.get("adam_b2", 0.999), eps=1e-8, weight_decay=config.weight_decay,
-      mask=mask if config.weight_decay > 0 else None,
-      mu_dtype=jnp.dtype(config_checks.adam_mu_dtype(config)))
+  schedule = learning_rate_schedule(config)
+  b1, b2 = config.get("adam_b1", 0.9), config.get("adam_b2", 0.999)
+  mu_dtype = jnp.dtype(config_checks.adam_mu_dtype(config))
+  if config_checks.optimizer(config) == "muon":
+    tx = optax.contrib.muon(schedule, mu_dtype=mu_dtype, adam_b1=b1, adam_b2=b2,
+                            consistent_rms=MUON_CONSISTENT_RMS,
+                            muon_weight_dimension_numbers=_muon_dimension_numbers(config))
+  else:
+    mask = weight_decay_mask(config)
+    tx = optax.adamw(schedule, b1=b1, b2=b2, eps=1e-8, weight_decay=config.weight_decay,
+                     mask=mask if config.weight_decay > 0 else None, mu_dtype=mu_dtype)
   if config.grad_clip_norm > 0:
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
-  return adamw
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx
+
+
+def _muon_dimension_numbers(config):
+  """`dit_jax.muon.dimension_numbers` of the config's model (abstract: nothing is allocated)."""
+  model = build_model(config)
+  return muon.dimension_numbers(jax.eval_shape(functools.partial(_init_params, model),
+                                               jax.random.key(0)))
 
 
 def _init_params(model, rng) -> dict:
