@@ -41,15 +41,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sample.update(sampler="euler_maruyama", cfg_scale=4.0)
   config.adam_b2 = 0.95
   # Muon on the hidden kernels (dit_jax/muon.py): at learning rate 8e-3 its 1,800 steps end at a
-  # lower training loss than AdamW's 2,400 (0.109 against 0.121) and sample as well or better
-  # (docs/video.md, "Muon", 2026-11-28).
+  # lower training loss than AdamW's 2,400 (0.109 against 0.121) and sample at least as well
+  # (300 videos: 0.96 / 0.81 against 0.96 / 0.78; docs/video.md, "Muon", 2026-11-28).
   config.optimizer = "muon"
   if arg == "smoke":
     config.model.update(hidden_size=32, depth=2, num_heads=2)
     config.global_batch_size = 16
   else:  # the smoke variant keeps the digits smoke schedule
-    # 1,800 steps of 32 videos (128 tokens each): about 15 to 19 minutes on a 2-core CPU (the
-    # VM's speed varies; docs/benchmarks.md). Learning rate 8e-3 (AdamW's 4e-3 was tuned first;
-    # with Muon 8e-3 learned more per step; docs/video.md).
+    # 1,800 steps of 32 videos (128 tokens each): about 23 minutes at the 760 ms per Muon step
+    # measured on a 2-core CPU (the VM's speed varies; docs/benchmarks.md). Learning rate 8e-3
+    # (AdamW's 4e-3 was tuned first; with Muon 8e-3 learned more per step; docs/video.md).
     config.update(global_batch_size=32, num_train_steps=1800, learning_rate=8e-3)
   return config
