@@ -20,8 +20,8 @@ import math
 from typing import Iterable, Mapping, Sequence
 
 import jax
-import optax
 import numpy as np
+import optax
 from flax import linen as nn
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
