@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import optax
 from flax import linen as nn
+from flax.core import meta
 from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -189,7 +190,9 @@ def logical_to_shardings(abstract_tree, mesh: jax.sharding.Mesh, rules=DEFAULT_L
   specs = nn.get_partition_spec(abstract_tree)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
   # optax.masked (Muon's split of the parameters between Muon and Adam) stores an array-less
-  # optax.MaskedNode inside a boxed leaf; keep it there so both trees have one structure.
-  masked = lambda x: isinstance(x, optax.MaskedNode)
-  return jax.tree.map(lambda a, s: a if masked(a) else s, nn.unbox(abstract_tree), shardings,
-                      is_leaf=masked)
+  # optax.MaskedNode inside a boxed leaf; keep it there so both trees have one structure. (The
+  # box's value is read directly: nn.unbox would add sharding constraints under a mesh.)
+  boxed = lambda x: isinstance(x, meta.AxisMetadata)
+  masked = lambda x: boxed(x) and isinstance(getattr(x, "value", None), optax.MaskedNode)
+  return jax.tree.map(lambda a, s: a.value if masked(a) else s, abstract_tree, shardings,
+                      is_leaf=boxed)
