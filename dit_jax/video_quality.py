@@ -105,6 +105,17 @@ def centroids(frames: np.ndarray) -> np.ndarray:
   return np.where((mass > 0)[:, None], centre, (size - 1) / 2)
 
 
+def frame_classes(videos: np.ndarray) -> np.ndarray:
+  """The digit class of every frame of (N, F, H, W) [0, 1] videos (``to_unit_videos``' output):
+  int (N, F), from the located digit of each frame."""
+  num, num_frames, size, _ = videos.shape
+  params, _ = quality.load_classifier()
+  # quality's one-device prediction, so scores do not depend on the caller's device count.
+  preds, _ = quality._predict(  # pylint: disable=protected-access
+      params, crop_digits(videos.reshape((num * num_frames, size, size))))
+  return np.asarray(preds).reshape((num, num_frames))
+
+
 def moving_digits_quality(samples, labels) -> dict[str, float]:
   """Scores class-conditional moving-digit videos frame by frame.
 
@@ -124,10 +135,7 @@ def moving_digits_quality(samples, labels) -> dict[str, float]:
   if len(labels) != num:
     raise ValueError(f"moving_digits_quality got {num} videos but {len(labels)} labels.")
   frames = videos.reshape((num * num_frames, size, size))
-  params, test_accuracy = quality.load_classifier()
-  # quality's one-device prediction, so scores do not depend on the caller's device count.
-  preds, _ = quality._predict(params, crop_digits(frames))  # pylint: disable=protected-access
-  preds = preds.reshape((num, num_frames))
+  preds = frame_classes(videos)
   same = np.all(preds == preds[:, :1], 1)
   steps = np.linalg.norm(np.diff(centroids(frames).reshape((num, num_frames, 2)), axis=1), axis=-1)
   return dict(
@@ -137,5 +145,5 @@ def moving_digits_quality(samples, labels) -> dict[str, float]:
       mean_speed=float(np.mean(steps.mean(1))),
       moving_fraction=float(np.mean(steps.sum(1) > MOVING_THRESHOLD)),
       num_samples=float(num),
-      classifier_test_accuracy=test_accuracy,
+      classifier_test_accuracy=quality.load_classifier()[1],
   )

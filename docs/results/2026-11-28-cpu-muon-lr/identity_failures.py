@@ -11,23 +11,22 @@ import sys
 
 import numpy as np
 
-from dit_jax import quality, video_quality
+from dit_jax import video_quality
 
 
 def main(paths):
-  params, _ = quality.load_classifier()
   for path in paths:
     with np.load(path) as npz:
       videos, labels = video_quality.to_unit_videos(npz["arr_0"]), npz["labels"]
-    num, num_frames, size, _ = videos.shape
-    frames = videos.reshape((num * num_frames, size, size))
-    preds, _ = quality._predict(params, video_quality.crop_digits(frames))  # pylint: disable=protected-access
-    preds = np.asarray(preds).reshape((num, num_frames))
+    num, num_frames = videos.shape[:2]
+    preds = video_quality.frame_classes(videos)
     wrong = preds != labels[:, None]
     failing = ~np.all(preds == preds[:, :1], 1)
-    pairs = collections.Counter((int(labels[i]), int(preds[i, j])) for i, j in zip(*np.where(wrong & failing[:, None])))
+    misread = zip(*np.where(wrong & failing[:, None]))
+    pairs = collections.Counter((int(labels[i]), int(preds[i, j])) for i, j in misread)
     print(f"{path}: {failing.sum()} of {num} videos lose identity")
-    print("  wrong frames per failing video:", dict(sorted(collections.Counter(wrong[failing].sum(1).tolist()).items())))
+    per_video = collections.Counter(wrong[failing].sum(1).tolist())
+    print("  wrong frames per failing video:", dict(sorted(per_video.items())))
     print("  failing videos per label:", {l: int(failing[labels == l].sum()) for l in range(10)})
     print("  commonest (label, read as):", pairs.most_common(6))
     print("  wrong frames by frame index:", np.bincount(np.where(wrong)[1], minlength=num_frames).tolist())
