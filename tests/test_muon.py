@@ -81,7 +81,7 @@ def test_first_update_is_orthogonalized_per_matrix():
   keys = jax.random.split(jax.random.key(1), len(leaves))
   grads = jax.tree.unflatten(treedef, [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves)])
   tx = ts.make_optimizer(config)
-  updates, _ = tx.update(grads, tx.init(params), params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)  # one program, not op by op
   dims = _dims(config)
   b1 = config.adam_b1
   checked = 0
