@@ -49,9 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.global_batch_size = 16
   else:  # the smoke variant keeps the digits smoke schedule
     # 3,000 steps of 32 videos (128 tokens each): identity 0.87 of 300 videos, where 1,800
-    # steps kept 0.81; the run takes about 19 minutes where `python -m dit_jax.bench` measures
-    # 358 ms per step and about 33 where it measures 636 ms (the 2-core VMs differ; docs/video.md,
-    # docs/benchmarks.md). Learning rate 8e-3 (AdamW's 4e-3 was tuned first; with Muon 8e-3
-    # learned more per step; docs/video.md).
+    # steps kept 0.81; the run took 19 min 26 s on a VM where `python -m dit_jax.bench` measured
+    # 358 to 402 ms per step, and takes about 33 minutes where it measures 636 ms (the 2-core
+    # VMs differ; docs/video.md, docs/benchmarks.md). Learning rate 8e-3 (AdamW's 4e-3 was tuned
+    # first; with Muon 8e-3 learned more per step; docs/video.md).
     config.update(global_batch_size=32, num_train_steps=3000, learning_rate=8e-3)
   return config

@@ -163,7 +163,7 @@ def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_ima
   adm = reference.load_reference(str(tmp_path / "with_stats.npz"), params, batch_size=16)
   np.testing.assert_array_equal(adm.mu, first.mu + 1.0)
   np.testing.assert_allclose(adm.pool, first.pool)
-  made.save(str(tmp_path / "made.npz"))  # what make_reference writes (its CLI: test_cli_...)
+  made.save(str(tmp_path / "made.npz"))  # make_reference's writer (itself: the CLI test)
   with np.load(tmp_path / "made.npz") as f:
     assert set(f.files) == {"mu", "sigma", "mu_s", "sigma_s", "pool", "num_images"}
     assert f["sigma"].shape == (2048, 2048) and f["sigma_s"].shape == (2023, 2023)
