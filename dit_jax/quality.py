@@ -163,8 +163,14 @@ def _predict(params, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def classify(samples) -> tuple[np.ndarray, np.ndarray]:
   """Returns (predicted class (N,), penultimate features (N, FEATURE_DIM) float64)."""
+  return classify_unit_images(to_unit_images(samples))
+
+
+def classify_unit_images(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``classify`` of images already in the classifier's input form (``to_unit_images``' output:
+  float32 [0, 1], (N, 8, 8, 1)), such as the digits that dit_jax.video_quality crops."""
   params, _ = load_classifier()
-  return _predict(params, to_unit_images(samples))
+  return _predict(params, images)
 
 
 def mean_pairwise_distance(features: np.ndarray) -> float:

@@ -109,11 +109,9 @@ def frame_classes(videos: np.ndarray) -> np.ndarray:
   """The digit class of every frame of (N, F, H, W) [0, 1] videos (``to_unit_videos``' output):
   int (N, F), from the located digit of each frame."""
   num, num_frames, size, _ = videos.shape
-  params, _ = quality.load_classifier()
-  # quality's one-device prediction, so scores do not depend on the caller's device count.
-  preds, _ = quality._predict(  # pylint: disable=protected-access
-      params, crop_digits(videos.reshape((num * num_frames, size, size))))
-  return np.asarray(preds).reshape((num, num_frames))
+  frames = videos.reshape((num * num_frames, size, size))
+  preds, _ = quality.classify_unit_images(crop_digits(frames))
+  return preds.reshape((num, num_frames))
 
 
 def moving_digits_quality(samples, labels) -> dict[str, float]:

@@ -49,11 +49,17 @@ def digit_images():
 
 
 @pytest.fixture(scope="module")
-def halves(params, digit_images):
-  """Features of the first and of the second NUM digits (8 devices, batches of 16), computed once
-  for the tests that score one half against the other."""
-  return tuple(features.extract_from(images, params, batch_size=16)
-               for images in (digit_images[:NUM], digit_images[NUM:]))
+def first_reference(params, digit_images):
+  """The reference statistics of the first NUM digits (8 devices, batches of 16), computed once
+  for the tests that score the second half against them."""
+  return reference.Reference.from_features(
+      features.extract_from(digit_images[:NUM], params, batch_size=16))
+
+
+@pytest.fixture(scope="module")
+def second_features(params, digit_images):
+  """The features of the second NUM digits, as ``first_reference``'s."""
+  return features.extract_from(digit_images[NUM:], params, batch_size=16)
 
 
 def test_npz_images_reads_rows_of_savez_writer_and_compressed_files(tmp_path):
@@ -131,29 +137,28 @@ def test_features_equal_one_shot_on_1_and_8_devices(params, devices):
 
 
 @pytest.mark.slow
-def test_fid_is_small_between_halves_of_the_digits_and_large_for_noise(params, halves):
+def test_fid_is_small_between_halves_of_the_digits_and_large_for_noise(params, first_reference,
+                                                                      second_features):
   """(A set against itself scores ~0: the CLI test.)"""
-  first_features, second_features = halves
   noise = np.random.default_rng(2).integers(0, 256, (NUM, 8, 8, 1), dtype=np.uint8)
-  ref = reference.Reference.from_features(first_features)
-  between_halves = scores.score(second_features, ref)
-  against_noise = scores.score(features.extract_from(noise, params, batch_size=16), ref)
+  between_halves = scores.score(second_features, first_reference)
+  against_noise = scores.score(features.extract_from(noise, params, batch_size=16),
+                               first_reference)
   assert against_noise["fid"] > 5 * between_halves["fid"] > 0
   assert against_noise["sfid"] > between_halves["sfid"] > 0
   assert 0 <= against_noise["precision"] <= 1 and 0 <= between_halves["recall"] <= 1
   assert 1.0 <= between_halves["inception_score"] < NUM
 
 
-def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_images, halves,
-                                                    monkeypatch):
+def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_images,
+                                                    first_reference, monkeypatch):
   monkeypatch.setenv(downloads.CACHE_ENV, str(tmp_path / "cache"))
   images = digit_images[:NUM]
   np.savez(tmp_path / "adm_like.npz", images)  # images only: everything computed, then cached
   first = reference.load_reference(str(tmp_path / "adm_like.npz"), params, batch_size=16)
   assert len(os.listdir(tmp_path / "cache")) == 1
-  made = reference.Reference.from_features(halves[0])  # the same images, read from memory
-  for key in ("mu", "sigma", "mu_s", "sigma_s", "pool"):
-    np.testing.assert_array_equal(getattr(first, key), getattr(made, key))
+  for key in ("mu", "sigma", "mu_s", "sigma_s", "pool"):  # the same images, read from memory
+    np.testing.assert_array_equal(getattr(first, key), getattr(first_reference, key))
   again = reference.load_reference(str(tmp_path / "adm_like.npz"), params)  # from the cache
   np.testing.assert_array_equal(again.sigma, first.sigma)
   np.testing.assert_array_equal(again.pool, first.pool)
@@ -163,13 +168,13 @@ def test_reference_file_roundtrip_adm_keys_and_cache(tmp_path, params, digit_ima
   adm = reference.load_reference(str(tmp_path / "with_stats.npz"), params, batch_size=16)
   np.testing.assert_array_equal(adm.mu, first.mu + 1.0)
   np.testing.assert_allclose(adm.pool, first.pool)
-  made.save(str(tmp_path / "made.npz"))  # make_reference's writer (itself: the CLI test)
+  first_reference.save(str(tmp_path / "made.npz"))  # make_reference's writer (it: the CLI test)
   with np.load(tmp_path / "made.npz") as f:
     assert set(f.files) == {"mu", "sigma", "mu_s", "sigma_s", "pool", "num_images"}
     assert f["sigma"].shape == (2048, 2048) and f["sigma_s"].shape == (2023, 2023)
   stats_only = reference.load_reference(str(tmp_path / "made.npz"))  # no images: no weights needed
   assert stats_only.num_images == NUM
-  np.testing.assert_allclose(stats_only.sigma, made.sigma)
+  np.testing.assert_allclose(stats_only.sigma, first_reference.sigma)
 
 
 @pytest.mark.slow
@@ -202,9 +207,9 @@ def test_cli_make_reference_then_evaluate(tmp_path, weights_file, digit_images):
 
 
 @pytest.mark.slow
-def test_training_logs_fid_and_the_sweep_collects_it(tmp_path, weights_file, halves):
+def test_training_logs_fid_and_the_sweep_collects_it(tmp_path, weights_file, first_reference):
   ref = tmp_path / "ref.npz"
-  reference.Reference.from_features(halves[0]).save(str(ref))
+  first_reference.save(str(ref))
   config = digits.get_config("smoke")
   config.eval.update(every_steps=10, num_samples=16, reference=str(ref),
                      inception_weights=weights_file, num_sampling_steps=5, batch_size=16)
@@ -242,14 +247,14 @@ def test_eval_config_problems_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_score_as_one(tmp_path, weights_file, digit_images, halves):
+def test_two_processes_score_as_one(tmp_path, weights_file, digit_images, first_reference,
+                                    second_features):
   """Two processes x 4 devices (jax.distributed on 127.0.0.1), each reading its rows of the npz,
   give the one-process numbers (the second half's features scored against the first's)."""
   ref, samples = tmp_path / "ref.npz", tmp_path / "s.npz"
-  first_reference = reference.Reference.from_features(halves[0])
   first_reference.save(str(ref))
   np.savez(samples, digit_images[NUM:])
-  want = scores.score(halves[1], first_reference)
+  want = scores.score(second_features, first_reference)
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
              DIT_JAX_CACHE=str(tmp_path / "cache"))
